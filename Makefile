@@ -1,0 +1,41 @@
+# pfx — the two set-up commands are `make serve` and `make test`; both go through `make install`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# The stamp is newer than every input once an install has succeeded: `make install` is then a no-op.
+STAMP := $(VENV)/.installed
+INSTALL_INPUTS := constraints.txt requirements-dev.txt \
+	perfusion_format/pyproject.toml runtime/pyproject.toml registry/pyproject.toml client/pyproject.toml
+
+.PHONY: install serve test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(INSTALL_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -r requirements-dev.txt \
+		-e 'perfusion_format[test]' -e 'runtime[test]' -e 'registry[test]' -e 'client[test]'
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/pfx-registry serve
+
+test: install
+	$(PY) -m pytest -n 2 tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) bench/format.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""pfx — the command line and Python client for Perfusion concepts."""
