@@ -25,7 +25,7 @@ from .concept import (
     create_concept,
 )
 from .container import MAX_FILE_SIZE, MAX_HEADER_SIZE, DType
-from .digest import base_fingerprint, content_digest
+from .digest import base_fingerprint, content_digest, fingerprint_names
 from .errors import (
     ErrorCode,
     FormatError,
@@ -76,6 +76,7 @@ __all__ = [
     "content_digest",
     "create_concept",
     "dumps",
+    "fingerprint_names",
     "get_family",
     "load",
     "load_private_key",

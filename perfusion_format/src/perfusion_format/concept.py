@@ -318,7 +318,8 @@ def to_float32(dtype: DType, array: np.ndarray) -> np.ndarray:
 def _from_float32(dtype: DType, values: np.ndarray) -> np.ndarray:
     """Narrow float32 values to the stored dtype, rounding to nearest even."""
     if dtype != "BF16":
-        return values.astype(DTYPES[dtype])
+        with np.errstate(over="ignore"):  # overflow gives ±inf, refused later as NON_FINITE
+            return values.astype(DTYPES[dtype])
     bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
     return rounded.astype(np.uint16)

@@ -20,6 +20,7 @@ __all__ = [
     "WEIGHTS_DOMAIN",
     "base_fingerprint",
     "content_digest",
+    "fingerprint_names",
     "format_digest",
     "weights_digest",
 ]
@@ -75,6 +76,14 @@ def weights_digest(signed_metadata: Mapping[str, str], tensors: Mapping[str, _St
         hasher.update(_u64(len(tensor.shape)) + b"".join(_u64(dim) for dim in tensor.shape))
         hasher.update(_field(tensor.data))
     return format_digest(hasher)
+
+
+def fingerprint_names(layers: Iterable[tuple[str, int]]) -> list[str]:
+    """The UNet state-dict keys :func:`base_fingerprint` covers, in order, for these layers.
+
+    ``layers`` is a family's table (or a concept's :attr:`~perfusion_format.Concept.layers`).
+    """
+    return [f"{path}.{projection}.weight" for path, _ in layers for projection in ("to_k", "to_v")]
 
 
 def base_fingerprint(weights: Iterable[tuple[str, np.ndarray]]) -> str:

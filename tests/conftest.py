@@ -1,0 +1,56 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import perfusion_format as pf
+
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = REPO / "spec" / "vectors"
+
+ConceptFactory = Callable[..., pf.Concept]
+
+
+def build_concept(
+    family: str = "sd-1", dtype: pf.DType = "F16", seed: int = 0, **overrides: Any
+) -> pf.Concept:
+    """A valid unsigned concept with random values for ``family``; keyword arguments override
+    any argument of :func:`perfusion_format.create_concept`."""
+    spec = pf.get_family(family)
+    rng = np.random.default_rng(seed)
+    d = spec.text_dim
+    target = rng.standard_normal(d)
+    arguments: dict[str, Any] = {
+        "name": "Teddy",
+        "token": "<teddy>",
+        "superclass": "teddy",
+        "family": family,
+        "base_fingerprint": "sha256:" + "0" * 64,
+        "embeddings": {name: rng.standard_normal((1, w)) for name, w in spec.text_encoders},
+        "target_input": target,
+        "gate_direction": target * 0.5,
+        "superclass_input": rng.standard_normal(d),
+        "value_targets": {path: rng.standard_normal(w) for path, w in spec.layers or ()},
+        "dtype": dtype,
+        "created": "2026-11-25T12:00:00Z",
+    }
+    arguments.update(overrides)
+    return pf.create_concept(**arguments)
+
+
+@pytest.fixture
+def make_concept() -> ConceptFactory:
+    """Build a valid concept: ``make_concept(family="sd-1", dtype="F16", seed=0, **overrides)``."""
+    return build_concept
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> pf.PrivateKey:
+    """A fresh Ed25519 key for the test session."""
+    return pf.PrivateKey.generate()
