@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ErrorCode"]
+from perfusion_format import PerfusionError
+
+__all__ = ["ClientError", "ErrorCode"]
 
 
 class ErrorCode(StrEnum):
@@ -27,3 +29,13 @@ class ErrorCode(StrEnum):
 
     INTERNAL_ERROR = "INTERNAL_ERROR"
     """An unexpected failure: a bug in pfx (set ``PFX_DEBUG=1`` for the traceback)."""
+
+    MODEL_INVALID = "MODEL_INVALID"
+    """``--model`` is not a diffusers pipeline folder that loads from local files."""
+
+    RUNTIME_MISSING = "RUNTIME_MISSING"
+    """A command needs perfusion-runtime (torch, diffusers), which is not installed."""
+
+
+class ClientError(PerfusionError):
+    """A failure of the client's own, with one of the codes above (exit code 2)."""

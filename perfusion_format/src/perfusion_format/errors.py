@@ -47,9 +47,13 @@ class ErrorCode(StrEnum):
 
 
 class PerfusionError(Exception):
-    """Base class of every error this package raises: a stable ``code`` and a one-line message."""
+    """Base class of every error this package raises: a stable ``code`` and a one-line message.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``code`` is an :class:`ErrorCode` here; packages built on this one (the runtime, the client)
+    subclass it with codes of their own, so one ``except PerfusionError`` catches them all.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -22,7 +22,7 @@ from typer import rich_utils
 from pfx import __version__
 from pfx.errors import ErrorCode
 
-from . import format_commands, output
+from . import format_commands, generate_command, output
 
 __all__ = ["app", "main"]
 
@@ -51,10 +51,11 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Share Perfusion concepts: create signing keys, sign, verify and inspect concept files."""
+    """Share Perfusion concepts: keys, signing, verification, inspection and generation."""
 
 
 format_commands.register(app)
+generate_command.register(app)
 
 
 def _debug() -> bool:

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 import perfusion_format as pf
-from pfx.errors import ErrorCode
+from pfx.errors import ClientError, ErrorCode
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -149,12 +149,13 @@ def _os_message(error: OSError) -> str:
 def describe_failure(error: Exception) -> Failure:
     """Map an exception raised by a command to the code, message and exit code reported for it.
 
-    perfusion_format errors keep their code (exit 2 for key files, 1 for a file that is invalid or
-    fails verification); ``OSError`` becomes IO_ERROR (KEY_EXISTS when a file already exists) with
-    exit 2; anything else is a bug, INTERNAL_ERROR with exit 1.
+    perfusion_format and perfusion_runtime errors keep their code (exit 2 for key files and the
+    client's own errors such as MODEL_INVALID, 1 for a file that is invalid, fails verification
+    or does not fit the model); ``OSError`` becomes IO_ERROR (KEY_EXISTS when a file already
+    exists) with exit 2; anything else is a bug, INTERNAL_ERROR with exit 1.
     """
     if isinstance(error, pf.PerfusionError):
-        exit_code = EXIT_USAGE if isinstance(error, pf.KeyFileError) else EXIT_INVALID
+        exit_code = EXIT_USAGE if isinstance(error, pf.KeyFileError | ClientError) else EXIT_INVALID
         return Failure(str(error.code), error.message, exit_code)
     if isinstance(error, FileExistsError):
         return Failure(ErrorCode.KEY_EXISTS, _os_message(error), EXIT_USAGE)

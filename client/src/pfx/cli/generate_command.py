@@ -1,0 +1,215 @@
+"""``pfx generate``: an image from a local diffusers pipeline with concepts applied.
+
+torch, diffusers and perfusion_runtime are imported inside the command, so the rest of the CLI
+starts fast and works where they are not installed (``pip install 'pfx[runtime]'`` adds them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import perfusion_format as pf
+from pfx.errors import ClientError, ErrorCode
+
+from . import output
+from .output import JsonFlag
+
+__all__ = ["generate", "register"]
+
+_SIZE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise typer.BadParameter("expected WIDTHxHEIGHT, e.g. 512x512")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width % 8 or height % 8:
+        raise typer.BadParameter("width and height must be multiples of 8")
+    return width, height
+
+
+def _load_pipeline(model: Path, device: str, dtype: str) -> Any:
+    """The diffusers pipeline saved in ``model``, from local files only, on ``device``."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    if not (model / "model_index.json").is_file():
+        raise ClientError(
+            ErrorCode.MODEL_INVALID,
+            f"{model}: not a diffusers pipeline folder (no model_index.json)",
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "fp16" if device.startswith("cuda") else "fp32"
+    # Failures must stay one line on stderr: no loading bars, library notices or deprecations.
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype", category=FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(
+                model, local_files_only=True, torch_dtype=getattr(torch, _DTYPES[dtype])
+            )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ClientError(ErrorCode.MODEL_INVALID, f"{model}: {first_line}") from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _write_png(image: Any, path: Path) -> None:
+    """Save a PIL image as PNG atomically (temp file in the same folder, then rename)."""
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".png"
+    )
+    os.close(descriptor)
+    try:
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def generate(
+    model: Annotated[
+        Path, typer.Option("--model", help="A local diffusers pipeline folder.", show_default=False)
+    ],
+    concepts: Annotated[
+        list[Path],
+        typer.Option("--concept", "-c", help="A concept file; repeatable.", show_default=False),
+    ],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt, with trigger tokens.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the PNG.")],
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help="What to steer away from.")
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="Gate threshold β for every concept.")
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option("--tau", help="Gate temperature τ for every concept.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 7.5,
+    size: Annotated[
+        str | None, typer.Option("--size", help="WIDTHxHEIGHT (default: the model's).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
+    ] = "auto",
+    global_locking: Annotated[
+        bool, typer.Option("--global-locking", help="Keys from the superclass prompt.")
+    ] = False,
+    allow_base_mismatch: Annotated[
+        bool,
+        typer.Option("--allow-base-mismatch", help="Apply concepts made for other base weights."),
+    ] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Generate an image with concepts applied to a local diffusers pipeline (no downloads)."""
+    dimensions = _parse_size(size) if size else None
+    if dtype not in ("auto", *_DTYPES):
+        raise typer.BadParameter("one of auto, fp32, fp16, bf16", param_hint="--dtype")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(2, "No such folder", str(out.parent))
+    loaded = [pf.load(path) for path in concepts]  # bad files fail before any model loads
+    try:
+        import torch
+
+        import perfusion_runtime as pr
+    except ImportError as error:
+        raise ClientError(
+            ErrorCode.RUNTIME_MISSING,
+            f"pfx generate needs the runtime ({error.name} is missing): pip install 'pfx[runtime]'",
+        ) from error
+
+    started = time.perf_counter()
+    pipe = _load_pipeline(model, device, dtype)
+    options: dict[str, Any] = {}
+    if dimensions:
+        options["width"], options["height"] = dimensions
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with (
+        pr.apply(
+            pipe,
+            loaded,
+            beta=beta,
+            tau=tau,
+            global_locking=global_locking,
+            allow_base_mismatch=allow_base_mismatch,
+        ) as handle,
+        Progress(
+            TextColumn("denoising"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=output.json_mode(),
+            transient=True,
+        ) as progress,
+    ):
+        task = progress.add_task("denoising", total=steps)
+
+        def advance(
+            _pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            progress.advance(task)
+            return kwargs
+
+        image = pipe(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            callback_on_step_end=advance,
+            **options,
+        ).images[0]
+        gates = {token: handle.gate(token)._asdict() for token in handle.tokens}
+    _write_png(image, out)
+    payload = {
+        "output": str(out),
+        "prompt": prompt,
+        "concepts": gates,
+        "seed": seed,
+        "steps": steps,
+        "width": image.width,
+        "height": image.height,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+    def render(console: Console) -> None:
+        console.print(output.cell(f"Wrote {out} ({image.width}×{image.height})"), soft_wrap=True)
+        output.print_fields(
+            console,
+            [(f"concept {token}", f"β={g['beta']:g} τ={g['tau']:g}") for token, g in gates.items()]
+            + [("seed", seed), ("steps", steps), ("seconds", payload["seconds"])],
+        )
+
+    output.emit(payload, render)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``generate`` to ``app``."""
+    app.command()(generate)

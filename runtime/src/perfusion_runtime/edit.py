@@ -1,0 +1,227 @@
+"""The gated rank-one edit on plain tensors — the functional core, with no diffusers in it.
+
+For a token encoding e, concepts n = 1..N and a projection W (``to_k`` or ``to_v``), the paper's
+equation with appendix B's composition of several concepts is
+
+    sₙ(e) = eᵀuₙ / i*ₙᵀuₙ        gₙ(e) = σ((sₙ(e) − βₙ) / τₙ)
+    W'e   = W (e − Σₙ sₙ i*ₙ) + Σₙ gₙ o*ₙ
+
+Keys are locked to the superclass: o_k = W_k i_s, so by linearity the key edit happens in the
+input space, ``K = W_k (e − Σ sₙ i*ₙ + Σ gₙ i_sₙ)``, and needs no per-layer storage; concepts that
+carry explicit key targets add ``Σ gₙ o_kₙ`` after the projection instead. Values add the
+learned ``Σ gₙ o_vₙ``. Projections are called, never read: a LoRA adapter on ``to_k``/``to_v``
+still applies.
+Scores and gates are computed in float32 whatever the model's dtype.
+
+Tools with their own attention code build a :class:`ConceptSet` and one :class:`LayerEdit` per
+cross-attention layer, then call ``edit.keys(e, to_k)`` and ``edit.values(e, to_v)`` where they
+would have called ``to_k(e)`` and ``to_v(e)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import perfusion_format as pf
+
+from .errors import PerfusionRuntimeError, RuntimeErrorCode
+
+__all__ = ["ConceptSet", "ConceptVectors", "EditState", "LayerEdit", "check_gate"]
+
+Projection = Callable[[Tensor], Tensor]
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(array, dtype=np.float32))
+
+
+def check_gate(beta: float, tau: float) -> None:
+    """Refuse a gate that would make σ((s − β)/τ) meaningless (INVALID_GATE)."""
+    if not (math.isfinite(beta) and math.isfinite(tau) and tau > 0):
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.INVALID_GATE, f"β must be finite and τ > 0, got β={beta}, τ={tau}"
+        )
+
+
+@dataclass(frozen=True)
+class ConceptVectors:
+    """One concept's vectors as float32 tensors, with the gate it is applied with."""
+
+    token: str
+    target_input: Tensor
+    gate_direction: Tensor
+    superclass_input: Tensor | None
+    key_targets: dict[str, Tensor] | None
+    value_targets: dict[str, Tensor]
+    beta: float
+    tau: float
+
+    @classmethod
+    def from_concept(
+        cls, concept: pf.Concept, beta: float | None = None, tau: float | None = None
+    ) -> ConceptVectors:
+        """Take a validated concept's vectors; β and τ default to the file's inference gate."""
+        gate = concept.inference_gate
+        beta = gate.beta if beta is None else beta
+        tau = gate.tau if tau is None else tau
+        check_gate(beta, tau)
+        superclass = concept.superclass_input
+        keys = concept.key_targets
+        return cls(
+            token=concept.token,
+            target_input=_tensor(concept.target_input),
+            gate_direction=_tensor(concept.gate_direction),
+            superclass_input=None if superclass is None else _tensor(superclass),
+            key_targets=None if keys is None else {p: _tensor(v) for p, v in keys.items()},
+            value_targets={path: _tensor(v) for path, v in concept.value_targets.items()},
+            beta=beta,
+            tau=tau,
+        )
+
+
+@dataclass(frozen=True)
+class EditState:
+    """Scores s [..., N] and gates g [..., N] of one batch of encodings, in float32."""
+
+    scores: Tensor
+    gates: Tensor
+
+
+class _DeviceCache:
+    """Copies of a set of tensors per (device, dtype), made on first use."""
+
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        self.master = tensors
+        self._copies: dict[torch.device, dict[str, Tensor]] = {}
+
+    def on(self, device: torch.device) -> dict[str, Tensor]:
+        copy = self._copies.get(device)
+        if copy is None:
+            copy = {name: tensor.to(device) for name, tensor in self.master.items()}
+            self._copies[device] = copy
+        return copy
+
+
+class ConceptSet:
+    """N concepts stacked for the edit; shared by every layer's :class:`LayerEdit`.
+
+    Holds, as [N, d] float32: i* (``targets``), uₙ / (i*ₙᵀuₙ) (``directions``, so that
+    s = e · directions), and i_s (``key_inputs``, zero for concepts with explicit key targets);
+    and the gate parameters β, τ [N], which :meth:`set_gate` changes between calls.
+    """
+
+    def __init__(self, concepts: Sequence[ConceptVectors]) -> None:
+        if not concepts:
+            raise ValueError("a ConceptSet needs at least one concept")
+        self.tokens = tuple(concept.token for concept in concepts)
+        targets = torch.stack([c.target_input for c in concepts])
+        directions = torch.stack([c.gate_direction for c in concepts])
+        normaliser = (targets.double() * directions.double()).sum(-1, keepdim=True)
+        zeros = torch.zeros_like(targets[0])
+        locked = [c.superclass_input is not None for c in concepts]
+        self._vectors = _DeviceCache(
+            {
+                "locked": torch.tensor(locked, dtype=torch.float32),
+                "targets": targets,
+                "directions": (directions.double() / normaliser).float(),
+                "key_inputs": torch.stack(
+                    [zeros if c.superclass_input is None else c.superclass_input for c in concepts]
+                ),
+            }
+        )
+        self._gate_values = [(c.beta, c.tau) for c in concepts]
+        self._gates = self._gate_tensors()
+
+    def _gate_tensors(self) -> _DeviceCache:
+        betas, taus = zip(*self._gate_values, strict=True)
+        return _DeviceCache(
+            {
+                "beta": torch.tensor(betas, dtype=torch.float32),
+                "tau": torch.tensor(taus, dtype=torch.float32),
+            }
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stacked vectors and gates (one copy)."""
+        tensors = [*self._vectors.master.values(), *self._gates.master.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def text_dim(self) -> int:
+        """d, the width of the encodings the edit applies to."""
+        return self._vectors.master["targets"].shape[1]
+
+    def gate(self, index: int) -> tuple[float, float]:
+        """(β, τ) of concept ``index``."""
+        return self._gate_values[index]
+
+    def set_gate(self, index: int, beta: float, tau: float) -> None:
+        """Change concept ``index``'s gate; takes effect at the next forward pass."""
+        check_gate(beta, tau)
+        self._gate_values[index] = (beta, tau)
+        self._gates = self._gate_tensors()
+
+    def vectors(self, device: torch.device) -> dict[str, Tensor]:
+        """``targets``, ``directions``, ``key_inputs`` and the ``locked`` mask [N] on ``device``."""
+        return self._vectors.on(device)
+
+    def state(self, encodings: Tensor) -> EditState:
+        """Scores sₙ(e) = eᵀuₙ / i*ₙᵀuₙ and gates σ((sₙ − βₙ)/τₙ) for encodings [..., d]."""
+        vectors = self._vectors.on(encodings.device)
+        gates = self._gates.on(encodings.device)
+        scores = encodings.float() @ vectors["directions"].T
+        return EditState(scores, torch.sigmoid((scores - gates["beta"]) / gates["tau"]))
+
+
+class LayerEdit:
+    """The edit of one cross-attention layer: value targets o_v [N, m] and, for concepts with
+    explicit key targets, o_k [N, m] (zero rows for key-locked concepts)."""
+
+    def __init__(
+        self, concepts: ConceptSet, value_targets: Tensor, key_targets: Tensor | None = None
+    ) -> None:
+        self.concepts = concepts
+        tensors = {"values": value_targets.float()}
+        if key_targets is not None:
+            tensors["keys"] = key_targets.float()
+        self._targets = _DeviceCache(tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layer holds (one copy, on the device it was built for)."""
+        return sum(t.numel() * t.element_size() for t in self._targets.master.values())
+
+    def keys(
+        self, encodings: Tensor, project: Projection, state: EditState | None = None
+    ) -> Tensor:
+        """W_k'e: the edited keys of ``encodings`` [..., d], projected by ``project`` (to_k)."""
+        state = state or self.concepts.state(encodings)
+        vectors = self.concepts.vectors(encodings.device)
+        edited = (
+            encodings.float()
+            - state.scores @ vectors["targets"]
+            + (state.gates * vectors["locked"]) @ vectors["key_inputs"]
+        )
+        keys = project(edited.to(encodings.dtype))
+        explicit = self._targets.on(encodings.device).get("keys")
+        if explicit is None:
+            return keys
+        return (keys.float() + (state.gates * (1 - vectors["locked"])) @ explicit).to(keys.dtype)
+
+    def values(
+        self, encodings: Tensor, project: Projection, state: EditState | None = None
+    ) -> Tensor:
+        """W_v'e: the edited values of ``encodings`` [..., d], projected by ``project`` (to_v)."""
+        state = state or self.concepts.state(encodings)
+        vectors = self.concepts.vectors(encodings.device)
+        edited = encodings.float() - state.scores @ vectors["targets"]
+        values = project(edited.to(encodings.dtype))
+        targets = self._targets.on(encodings.device)["values"]
+        return (values.float() + state.gates @ targets).to(values.dtype)

@@ -1,0 +1,380 @@
+"""Applying concepts to a diffusers Stable Diffusion pipeline (SD 1.x, 2.x, XL and their
+img2img / inpaint siblings, which share the components).
+
+``apply`` validates everything first — files, family, layers, base fingerprint, tokens, gates —
+and only then changes the pipeline: it swaps in tokenizers that know the trigger tokens, wraps the
+text encoders' input embeddings, installs a :class:`~perfusion_runtime.processor.
+PerfusionAttnProcessor` on every ``attn2`` layer, and (global locking) wraps ``encode_prompt``.
+The returned :class:`PerfusionHandle` changes gates and puts every original object back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+import torch
+from torch import nn
+
+import perfusion_format as pf
+
+from .edit import ConceptSet, ConceptVectors, LayerEdit, check_gate
+from .errors import PerfusionRuntimeError, RuntimeErrorCode
+from .processor import CrossAttentionPatch, patch_cross_attention
+from .tokens import ConceptEmbedding, extended_tokenizer, in_vocabulary
+
+__all__ = [
+    "ConceptSource",
+    "PerfusionHandle",
+    "PipelineLayout",
+    "apply",
+    "load_concept",
+    "pipeline_fingerprint",
+    "pipeline_layout",
+]
+
+ConceptSource = str | os.PathLike[str] | bytes | pf.Concept
+
+#: (text encoder, tokenizer) component names, in the order a family lists its encoders.
+_TEXT_COMPONENTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+_HANDLE_ATTRIBUTE = "_perfusion_handle"
+
+
+def load_concept(source: ConceptSource) -> pf.Concept:
+    """A validated concept from a path, the file's bytes, or a concept (returned as is)."""
+    if isinstance(source, pf.Concept):
+        return source
+    if isinstance(source, bytes | bytearray):
+        return pf.loads(bytes(source))
+    return pf.load(source)
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """What a pipeline offers the edit: its family (a known one, or ``custom``), text encoders
+    (component, width) in family order, and attn2 layers (UNet path, m_ℓ)."""
+
+    family: str
+    text_encoders: tuple[tuple[str, int], ...]
+    layers: tuple[tuple[str, int], ...]
+
+    @property
+    def text_dim(self) -> int:
+        """d: the width of the encodings the UNet's cross-attention sees."""
+        return sum(width for _, width in self.text_encoders)
+
+
+def _cross_attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if name.endswith("attn2") and hasattr(module, "set_processor")
+    }
+
+
+def pipeline_layout(pipe: Any) -> PipelineLayout:
+    """Read ``pipe``'s text encoders and attn2 table, and name its family."""
+    unet = getattr(pipe, "unet", None)
+    encoders = tuple(
+        (name, int(getattr(pipe, name).config.hidden_size))
+        for name, _ in _TEXT_COMPONENTS
+        if getattr(pipe, name, None) is not None
+    )
+    if unet is None or not encoders:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.UNSUPPORTED_PIPELINE, "the pipeline has no UNet or no text encoder"
+        )
+    modules = _cross_attention_modules(unet)
+    layers = tuple(sorted((path, int(m.to_k.weight.shape[0])) for path, m in modules.items()))
+    text_dim = sum(width for _, width in encoders)
+    if not layers or any(m.to_k.weight.shape[1] != text_dim for m in modules.values()):
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.UNSUPPORTED_PIPELINE,
+            f"the UNet's cross-attention does not read the text encoders' {text_dim} features",
+        )
+    family = next(
+        (
+            name
+            for name, spec in pf.FAMILIES.items()
+            if spec.layers is not None
+            and spec.text_encoders == encoders
+            and sorted(spec.layers) == list(layers)
+        ),
+        "custom",
+    )
+    return PipelineLayout(family, encoders, layers)
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[Any, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def pipeline_fingerprint(pipe: Any, layers: Sequence[tuple[str, int]]) -> str:
+    """The base fingerprint (spec §4.3) of ``pipe``'s UNet over ``layers``, in that order.
+
+    Cached per UNet; the cache is invalidated when any covered weight is replaced or changed in
+    place (its storage or version counter moves), e.g. by fusing a LoRA.
+    """
+    names = pf.fingerprint_names(layers)
+    weights = [pipe.unet.get_submodule(name.rsplit(".", 1)[0]).weight for name in names]
+    version = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+    cache = _FINGERPRINTS.setdefault(pipe.unet, {})
+    cached = cache.get(tuple(layers))
+    if cached is None or cached[0] != version:
+        signs = [
+            (n, torch.signbit(w.detach()).cpu().numpy())
+            for n, w in zip(names, weights, strict=True)
+        ]
+        cached = (version, pf.base_fingerprint(signs))
+        cache[tuple(layers)] = cached
+    return cached[1]
+
+
+def _check_fits(concept: pf.Concept, layout: PipelineLayout) -> None:
+    """Refuse a concept whose family, layers or text widths differ from the pipeline's."""
+    if concept.family.name != layout.family:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.FAMILY_MISMATCH,
+            f"{concept.token} is a {concept.family.name} concept; this pipeline is {layout.family}",
+        )
+    widths = {name: array.shape[1] for name, array in concept.embeddings.items()}
+    if widths != dict(layout.text_encoders) or sorted(concept.layers) != list(layout.layers):
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.LAYER_MISMATCH,
+            f"{concept.token}'s layers or text widths differ from this custom pipeline's",
+        )
+
+
+def _check_base(concept: pf.Concept, pipe: Any, allow_mismatch: bool) -> None:
+    fingerprint = pipeline_fingerprint(pipe, concept.layers)
+    if fingerprint == concept.base_fingerprint:
+        return
+    message = (
+        f"{concept.token} was made for base {concept.base_fingerprint[:19]}…, "
+        f"this pipeline's weights are {fingerprint[:19]}…"
+    )
+    if not allow_mismatch:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.BASE_MISMATCH,
+            message + " (allow_base_mismatch=True applies it anyway)",
+        )
+    warnings.warn(message, stacklevel=3)
+
+
+def _check_tokens(concepts: Sequence[pf.Concept], pipe: Any) -> None:
+    seen: set[str] = set()
+    for concept in concepts:
+        if concept.token in seen:
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.DUPLICATE_TOKEN, f"two concepts use the token {concept.token}"
+            )
+        seen.add(concept.token)
+        for _, tokenizer_name in _TEXT_COMPONENTS:
+            tokenizer = getattr(pipe, tokenizer_name, None)
+            if tokenizer is not None and in_vocabulary(tokenizer, concept.token):
+                raise PerfusionRuntimeError(
+                    RuntimeErrorCode.DUPLICATE_TOKEN,
+                    f"{concept.token} is already a token of the pipeline's {tokenizer_name}; "
+                    "pick a trigger token that is not a word, like <my-teddy>",
+                )
+
+
+def _layer_edits(vectors: Sequence[ConceptVectors], layout: PipelineLayout) -> dict[str, LayerEdit]:
+    """One :class:`LayerEdit` per attn2 layer, all sharing one :class:`ConceptSet`."""
+    concept_set = ConceptSet(vectors)
+    explicit = any(v.key_targets is not None for v in vectors)
+    edits = {}
+    for path, width in layout.layers:
+        values = torch.stack([v.value_targets[path] for v in vectors])
+        keys = None
+        if explicit:
+            zeros = torch.zeros(width)
+            keys = torch.stack(
+                [zeros if v.key_targets is None else v.key_targets[path] for v in vectors]
+            )
+        edits[path] = LayerEdit(concept_set, values, keys)
+    return edits
+
+
+def _wrap_encode_prompt(pipe: Any, superclasses: dict[str, str]) -> None:
+    """Global locking: make ``pipe.encode_prompt`` return [concept ‖ superclass] encodings along
+    the sequence axis, the second half encoding the prompt with each trigger token replaced by
+    its superclass word (the processors read keys from it)."""
+    original = pipe.encode_prompt
+    signature = inspect.signature(original)
+
+    def substitute(prompt: Any) -> Any:
+        if isinstance(prompt, str):
+            for token, word in superclasses.items():
+                prompt = prompt.replace(token, word)
+            return prompt
+        if isinstance(prompt, list):
+            return [substitute(item) for item in prompt]
+        return prompt
+
+    @wraps(original)
+    def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        concept_output = original(*bound.args, **bound.kwargs)
+        for name in ("prompt", "prompt_2"):
+            if name in bound.arguments:
+                bound.arguments[name] = substitute(bound.arguments[name])
+        superclass_output = original(*bound.args, **bound.kwargs)
+        doubled = [
+            None if mine is None else torch.cat([mine, theirs], dim=1)
+            for mine, theirs in zip(concept_output[:2], superclass_output[:2], strict=True)
+        ]
+        return (*doubled, *concept_output[2:])
+
+    pipe.__dict__["encode_prompt"] = encode_prompt
+
+
+class PerfusionHandle:
+    """Concepts applied to one pipeline: change their gates, or remove them.
+
+    Also a context manager: ``with pr.apply(pipe, files): ...`` removes on exit.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        concept_set: ConceptSet,
+        patch: CrossAttentionPatch,
+        originals: dict[str, Any],
+        nbytes: int,
+    ) -> None:
+        self._pipe: Any = pipe
+        self._concepts = concept_set
+        self._patch = patch
+        self._originals = originals
+        self.nbytes = nbytes
+        """Bytes the applied concepts hold (vectors, targets, embedding rows)."""
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The trigger tokens of the applied concepts, in the order given to :func:`apply`."""
+        return self._concepts.tokens
+
+    @property
+    def active(self) -> bool:
+        """False once :meth:`remove` has run."""
+        return self._pipe is not None
+
+    def gate(self, token: str) -> pf.Gate:
+        """The (β, τ) the concept with ``token`` is applied with."""
+        return pf.Gate(*self._concepts.gate(self._index(token)))
+
+    def set_gate(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
+        """Change one concept's β and/or τ; takes effect on the next pipeline call."""
+        index = self._index(token)
+        current_beta, current_tau = self._concepts.gate(index)
+        self._concepts.set_gate(
+            index, current_beta if beta is None else beta, current_tau if tau is None else tau
+        )
+
+    def _index(self, token: str) -> int:
+        if token not in self._concepts.tokens:
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.UNKNOWN_CONCEPT,
+                f"no applied concept has the token {token!r}; applied: {', '.join(self.tokens)}",
+            )
+        return self._concepts.tokens.index(token)
+
+    def remove(self) -> None:
+        """Put back the original processors, embeddings, tokenizers and ``encode_prompt``, so
+        the pipeline is exactly as before :func:`apply`. Calling it again does nothing."""
+        pipe = self._pipe
+        if pipe is None:
+            return
+        self._patch.remove()
+        for encoder_name, tokenizer_name in _TEXT_COMPONENTS:
+            if encoder_name in self._originals:
+                getattr(pipe, encoder_name).set_input_embeddings(self._originals[encoder_name])
+                setattr(pipe, tokenizer_name, self._originals[tokenizer_name])
+        pipe.__dict__.pop("encode_prompt", None)
+        pipe.__dict__.pop(_HANDLE_ATTRIBUTE, None)
+        self._pipe = None
+
+    def __enter__(self) -> PerfusionHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+def apply(
+    pipe: Any,
+    concepts: Sequence[ConceptSource] | ConceptSource,
+    *,
+    beta: float | None = None,
+    tau: float | None = None,
+    global_locking: bool = False,
+    allow_base_mismatch: bool = False,
+) -> PerfusionHandle:
+    """Apply Perfusion concepts to a diffusers Stable Diffusion pipeline.
+
+    ``concepts`` are paths, file bytes or :class:`perfusion_format.Concept` objects (or one of
+    them). ``beta``/``tau`` override every concept's default inference gate (each file carries
+    its own); change them per concept later with :meth:`PerfusionHandle.set_gate`. With
+    ``global_locking`` keys are computed from the prompt with each trigger token replaced by its
+    superclass word. Several concepts combine as in the paper's appendix B.
+
+    Everything is checked before the pipeline is touched; refusals raise
+    :class:`~perfusion_format.FormatError` (a bad file) or
+    :class:`~perfusion_runtime.PerfusionRuntimeError` with FAMILY_MISMATCH, LAYER_MISMATCH,
+    BASE_MISMATCH (unless ``allow_base_mismatch``, which warns instead), DUPLICATE_TOKEN,
+    ALREADY_APPLIED, UNSUPPORTED_PIPELINE or INVALID_GATE.
+
+    Load LoRA adapters and textual inversions before applying concepts: both compose with them.
+    """
+    single = isinstance(concepts, str | bytes | os.PathLike | pf.Concept)
+    sources = [concepts] if single else concepts
+    loaded = [load_concept(source) for source in sources]
+    if not loaded:
+        raise ValueError("apply() needs at least one concept")
+    if pipe.__dict__.get(_HANDLE_ATTRIBUTE) is not None:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.ALREADY_APPLIED,
+            "this pipeline already has concepts applied: remove them first, or apply all at once",
+        )
+    if beta is not None or tau is not None:
+        check_gate(0.0 if beta is None else beta, 1.0 if tau is None else tau)
+    layout = pipeline_layout(pipe)
+    for concept in loaded:
+        _check_fits(concept, layout)
+        _check_base(concept, pipe, allow_base_mismatch)
+    _check_tokens(loaded, pipe)
+    vectors = [ConceptVectors.from_concept(c, beta, tau) for c in loaded]
+    edits = _layer_edits(vectors, layout)
+    concept_set = next(iter(edits.values())).concepts
+    tokens = [concept.token for concept in loaded]
+
+    # Nothing was changed so far; from here on the pipeline is modified.
+    originals: dict[str, Any] = {}
+    nbytes = concept_set.nbytes + sum(edit.nbytes for edit in edits.values())
+    for encoder_name, tokenizer_name in _TEXT_COMPONENTS:
+        encoder = getattr(pipe, encoder_name, None)
+        if encoder is None:
+            continue
+        tokenizer = getattr(pipe, tokenizer_name)
+        extended = extended_tokenizer(tokenizer, tokens)
+        base = encoder.get_input_embeddings()
+        rows = torch.cat([torch.tensor(c.embeddings[encoder_name]) for c in loaded])
+        embedding = ConceptEmbedding(base, len(tokenizer), rows)
+        originals[encoder_name], originals[tokenizer_name] = base, tokenizer
+        encoder.set_input_embeddings(embedding)
+        setattr(pipe, tokenizer_name, extended)
+        nbytes += embedding.rows.numel() * embedding.rows.element_size()
+    patch = patch_cross_attention(pipe.unet, edits, global_locking)
+    if global_locking:
+        _wrap_encode_prompt(pipe, {c.token: c.superclass for c in loaded})
+    handle = PerfusionHandle(pipe, concept_set, patch, originals, nbytes)
+    pipe.__dict__[_HANDLE_ATTRIBUTE] = handle
+    return handle

@@ -1,0 +1,84 @@
+"""Trigger tokens: a tokenizer that knows them and an embedding layer that looks them up.
+
+Neither the pipeline's tokenizer nor its embedding table is modified. The pipeline gets a copy of
+the tokenizer with the tokens added (copies are cached per token set, so re-applying the same
+concepts costs nothing), and the text encoder's input embedding is wrapped by
+:class:`ConceptEmbedding`, which answers the new ids from a small table of its own and every
+other id from the original layer. Removing concepts puts the original objects back, which is
+what makes the pipeline bit-identical afterwards — and avoids resizing a 49,408-row table.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import PerfusionRuntimeError, RuntimeErrorCode
+
+__all__ = ["ConceptEmbedding", "extended_tokenizer", "in_vocabulary"]
+
+_COPIES: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def in_vocabulary(tokenizer: Any, token: str) -> bool:
+    """True when ``tokenizer`` already reads ``token`` as one token of its own: a word of its
+    vocabulary (``teapot``) or a token added before (a textual inversion's ``<cat-toy>``)."""
+    return len(tokenizer(token, add_special_tokens=False).input_ids) == 1
+
+
+def extended_tokenizer(tokenizer: Any, tokens: Sequence[str]) -> Any:
+    """A copy of ``tokenizer`` that also knows ``tokens``, with ids ``len(tokenizer)``,
+    ``len(tokenizer) + 1``, … in order. The last copy per tokenizer is cached and reused for the
+    same tokens.
+    """
+    key = (tuple(tokens), len(tokenizer))
+    cached = _COPIES.get(tokenizer)
+    if cached is None or cached[0] != key:
+        extended = copy.deepcopy(tokenizer)
+        extended.add_tokens(list(tokens))
+        ids = [extended.convert_tokens_to_ids(token) for token in tokens]
+        if ids != list(range(len(tokenizer), len(tokenizer) + len(tokens))):
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.UNSUPPORTED_PIPELINE,
+                f"the tokenizer gave the new tokens ids {ids}, not the next free ones",
+            )
+        _COPIES[tokenizer] = cached = (key, extended)
+    return cached[1]
+
+
+class ConceptEmbedding(nn.Module):
+    """An input-embedding layer: ids from ``first_id`` on read ``rows``, the rest ``base``.
+
+    ``base`` is the text encoder's original ``nn.Embedding`` (not copied); ``rows`` [k, d] is a
+    buffer, so it follows the encoder through ``.to()`` and model CPU offload.
+    """
+
+    def __init__(self, base: nn.Embedding, first_id: int, rows: Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.first_id = first_id
+        self.register_buffer(
+            "rows", rows.to(device=base.weight.device, dtype=base.weight.dtype), persistent=False
+        )
+
+    @property
+    def weight(self) -> Tensor:
+        """The original table (code that reads ``get_input_embeddings().weight`` still works)."""
+        return self.base.weight
+
+    @property
+    def num_embeddings(self) -> int:
+        """The number of ids this layer answers."""
+        return self.first_id + self.rows.shape[0]
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Embed ``ids``: a row of ``rows`` for the added tokens, the original layer otherwise."""
+        added = ids >= self.first_id
+        embedded = self.base(torch.where(added, 0, ids))
+        extra = self.rows[torch.where(added, ids - self.first_id, 0)]
+        return torch.where(added.unsqueeze(-1), extra, embedded)
