@@ -36,6 +36,7 @@ format: install
 
 bench: install
 	$(PY) bench/format.py
+	$(PY) bench/runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

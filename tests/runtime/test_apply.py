@@ -278,7 +278,7 @@ def test_bfloat16_pipeline_keeps_its_dtype_with_float32_gate_math() -> None:
             attention(torch.randn(1, 4, 32, dtype=torch.bfloat16), encoder_hidden_states=encodings)
         hook.remove()
         assert seen["v"].dtype == torch.bfloat16
-        assert handle._concepts.state(encodings).scores.dtype == torch.float32
+        assert handle._concepts.inputs(encodings).scores.dtype == torch.float32
 
 
 def test_new_concept_is_initialised_as_the_paper_says() -> None:
@@ -343,3 +343,28 @@ def test_patch_cross_attention_on_a_bare_unet(world) -> None:
     check_all_layers(pipe, PROMPT.format("teddy"), [(teddy, 0.7, 0.15)])
     patch.remove()
     assert dict(unet.attn_processors) == originals
+
+
+def test_img2img_sibling_shares_the_components(world) -> None:
+    from diffusers import AutoPipelineForImage2Image
+
+    pipe, teddy, _ = world
+    sibling = AutoPipelineForImage2Image.from_pipe(pipe)
+    sibling.set_progress_bar_config(disable=True)
+    start = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+
+    def run() -> np.ndarray:
+        return sibling(
+            PROMPT.format("<teddy>"),
+            image=start,
+            strength=0.9,
+            num_inference_steps=2,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    without = run()
+    with pr.apply(sibling, [teddy]):
+        check_all_layers(sibling, PROMPT.format("<teddy>"), [(teddy, 0.7, 0.15)])
+        assert not np.array_equal(run(), without)
+    np.testing.assert_array_equal(run(), without)

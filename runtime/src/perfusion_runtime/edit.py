@@ -32,7 +32,7 @@ import perfusion_format as pf
 
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
 
-__all__ = ["ConceptSet", "ConceptVectors", "EditState", "LayerEdit", "check_gate"]
+__all__ = ["ConceptSet", "ConceptVectors", "EditInputs", "LayerEdit", "check_gate"]
 
 Projection = Callable[[Tensor], Tensor]
 
@@ -86,11 +86,18 @@ class ConceptVectors:
 
 
 @dataclass(frozen=True)
-class EditState:
-    """Scores s [..., N] and gates g [..., N] of one batch of encodings, in float32."""
+class EditInputs:
+    """What every layer's edit needs from one batch of encodings [..., d], computed once.
+
+    ``scores`` s and ``gates`` g are [..., N] float32; ``value_inputs`` = e − Σ sₙ i*ₙ and
+    ``key_inputs`` = e − Σ sₙ i*ₙ + Σ gₙ i_sₙ (key-locked concepts) are in the encodings' dtype,
+    ready for the layer's ``to_v`` and ``to_k``.
+    """
 
     scores: Tensor
     gates: Tensor
+    value_inputs: Tensor
+    key_inputs: Tensor
 
 
 class _DeviceCache:
@@ -137,6 +144,8 @@ class ConceptSet:
         )
         self._gate_values = [(c.beta, c.tau) for c in concepts]
         self._gates = self._gate_tensors()
+        self._last: tuple[Tensor, int, _DeviceCache, EditInputs] | None = None
+        self._last_split: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
 
     def _gate_tensors(self) -> _DeviceCache:
         betas, taus = zip(*self._gate_values, strict=True)
@@ -172,12 +181,46 @@ class ConceptSet:
         """``targets``, ``directions``, ``key_inputs`` and the ``locked`` mask [N] on ``device``."""
         return self._vectors.on(device)
 
-    def state(self, encodings: Tensor) -> EditState:
-        """Scores sₙ(e) = eᵀuₙ / i*ₙᵀuₙ and gates σ((sₙ − βₙ)/τₙ) for encodings [..., d]."""
+    def split(self, encodings: Tensor) -> tuple[Tensor, Tensor]:
+        """Global locking: [B, 2T, d] → (concept prompt [B, T, d], superclass prompt [B, T, d]).
+
+        The same two views are returned for the same tensor, so :meth:`inputs` is computed once
+        per UNet call here too.
+        """
+        last = self._last_split
+        if last is None or last[0] is not encodings:
+            length = encodings.shape[1] // 2
+            last = (encodings, (encodings[:, :length], encodings[:, length:]))
+            self._last_split = last
+        return last[1]
+
+    def inputs(self, encodings: Tensor) -> EditInputs:
+        """The :class:`EditInputs` of ``encodings`` [..., d].
+
+        A UNet passes the same encodings tensor to each of its cross-attention layers, so the
+        result for the last tensor seen is kept (until it changes in place, or a gate changes)
+        and every layer after the first reuses it.
+        """
+        last = self._last
+        if (
+            last is not None
+            and last[0] is encodings
+            and last[1] == encodings._version
+            and last[2] is self._gates
+        ):
+            return last[3]
         vectors = self._vectors.on(encodings.device)
         gates = self._gates.on(encodings.device)
-        scores = encodings.float() @ vectors["directions"].T
-        return EditState(scores, torch.sigmoid((scores - gates["beta"]) / gates["tau"]))
+        e = encodings.float()
+        scores = e @ vectors["directions"].T
+        gate = torch.sigmoid((scores - gates["beta"]) / gates["tau"])
+        value_inputs = e - scores @ vectors["targets"]
+        key_inputs = value_inputs + (gate * vectors["locked"]) @ vectors["key_inputs"]
+        result = EditInputs(
+            scores, gate, value_inputs.to(encodings.dtype), key_inputs.to(encodings.dtype)
+        )
+        self._last = (encodings, encodings._version, self._gates, result)
+        return result
 
 
 class LayerEdit:
@@ -198,30 +241,19 @@ class LayerEdit:
         """Bytes this layer holds (one copy, on the device it was built for)."""
         return sum(t.numel() * t.element_size() for t in self._targets.master.values())
 
-    def keys(
-        self, encodings: Tensor, project: Projection, state: EditState | None = None
-    ) -> Tensor:
+    def keys(self, encodings: Tensor, project: Projection) -> Tensor:
         """W_k'e: the edited keys of ``encodings`` [..., d], projected by ``project`` (to_k)."""
-        state = state or self.concepts.state(encodings)
-        vectors = self.concepts.vectors(encodings.device)
-        edited = (
-            encodings.float()
-            - state.scores @ vectors["targets"]
-            + (state.gates * vectors["locked"]) @ vectors["key_inputs"]
-        )
-        keys = project(edited.to(encodings.dtype))
+        inputs = self.concepts.inputs(encodings)
+        keys = project(inputs.key_inputs)
         explicit = self._targets.on(encodings.device).get("keys")
         if explicit is None:
             return keys
-        return (keys.float() + (state.gates * (1 - vectors["locked"])) @ explicit).to(keys.dtype)
+        locked = self.concepts.vectors(encodings.device)["locked"]
+        return (keys.float() + (inputs.gates * (1 - locked)) @ explicit).to(keys.dtype)
 
-    def values(
-        self, encodings: Tensor, project: Projection, state: EditState | None = None
-    ) -> Tensor:
+    def values(self, encodings: Tensor, project: Projection) -> Tensor:
         """W_v'e: the edited values of ``encodings`` [..., d], projected by ``project`` (to_v)."""
-        state = state or self.concepts.state(encodings)
-        vectors = self.concepts.vectors(encodings.device)
-        edited = encodings.float() - state.scores @ vectors["targets"]
-        values = project(edited.to(encodings.dtype))
+        inputs = self.concepts.inputs(encodings)
+        values = project(inputs.value_inputs)
         targets = self._targets.on(encodings.device)["values"]
-        return (values.float() + state.gates @ targets).to(values.dtype)
+        return (values.float() + inputs.gates @ targets).to(values.dtype)

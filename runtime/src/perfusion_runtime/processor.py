@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .edit import EditState, LayerEdit
+from .edit import LayerEdit
 
 __all__ = ["CrossAttentionPatch", "PerfusionAttnProcessor", "patch_cross_attention"]
 
@@ -31,15 +31,9 @@ class _EditedAttention:
         self._attention = attention
         self._edit = edit
         self._key_encodings = key_encodings
-        self._state: tuple[Tensor, EditState] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._attention, name)
-
-    def _state_for(self, encodings: Tensor) -> EditState:
-        if self._state is None or self._state[0] is not encodings:
-            self._state = (encodings, self._edit.concepts.state(encodings))
-        return self._state[1]
 
     def to_k(self, encodings: Tensor) -> Tensor:
         if self._key_encodings is not None:
@@ -47,10 +41,10 @@ class _EditedAttention:
             if self._attention.norm_cross:
                 keys = self._attention.norm_encoder_hidden_states(keys)
             return self._attention.to_k(keys)
-        return self._edit.keys(encodings, self._attention.to_k, self._state_for(encodings))
+        return self._edit.keys(encodings, self._attention.to_k)
 
     def to_v(self, encodings: Tensor) -> Tensor:
-        return self._edit.values(encodings, self._attention.to_v, self._state_for(encodings))
+        return self._edit.values(encodings, self._attention.to_v)
 
 
 class PerfusionAttnProcessor:
@@ -78,11 +72,7 @@ class PerfusionAttnProcessor:
             return self.inner(attn, hidden_states, None, *args, **kwargs)
         key_encodings = None
         if self.global_locking:
-            length = encoder_hidden_states.shape[1] // 2
-            encoder_hidden_states, key_encodings = (
-                encoder_hidden_states[:, :length],
-                encoder_hidden_states[:, length:],
-            )
+            encoder_hidden_states, key_encodings = self.edit.concepts.split(encoder_hidden_states)
         view = _EditedAttention(attn, self.edit, key_encodings)
         return self.inner(view, hidden_states, encoder_hidden_states, *args, **kwargs)
 
