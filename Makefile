@@ -21,7 +21,7 @@ $(STAMP): $(INSTALL_INPUTS)
 	touch $(STAMP)
 
 serve: install
-	$(VENV)/bin/pfx-registry serve
+	$(VENV)/bin/pfx-registry serve --data data
 
 test: install
 	$(PY) -m pytest -n 2 tests

@@ -256,4 +256,9 @@ class LayerEdit:
         inputs = self.concepts.inputs(encodings)
         values = project(inputs.value_inputs)
         targets = self._targets.on(encodings.device)["values"]
+        if values.dtype == torch.float32 and values.is_contiguous() and not torch.is_grad_enabled():
+            # inference in float32: add Σ gₙ o_vₙ in place, one fused matmul-add
+            flat = values.view(-1, targets.shape[1])
+            flat.addmm_(inputs.gates.reshape(-1, targets.shape[0]), targets)
+            return values
         return (values.float() + inputs.gates @ targets).to(values.dtype)
