@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -54,3 +57,28 @@ def make_concept() -> ConceptFactory:
 def signing_key() -> pf.PrivateKey:
     """A fresh Ed25519 key for the test session."""
     return pf.PrivateKey.generate()
+
+
+def _load_registry_backends() -> ModuleType:
+    """tests/registry/backends.py as the plain module ``backends``, the name the registry tests
+    import it by. Its fixtures are registered here because a conftest.py in tests/registry would
+    clash with this file's module name (``from conftest import ...``)."""
+    if "backends" in sys.modules:
+        return sys.modules["backends"]
+    spec = importlib.util.spec_from_file_location(
+        "backends", REPO / "tests" / "registry" / "backends.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["backends"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_backends = _load_registry_backends()
+# The registry's real backends (documented in tests/registry/backends.py).
+postgres_url = _backends.postgres_url
+aws_test_environment = _backends.aws_test_environment
+s3_server = _backends.s3_server
+s3_endpoint = _backends.s3_endpoint
+blob_store = _backends.blob_store

@@ -1,10 +1,9 @@
-"""`pfx-registry serve` starts a real uvicorn server; the validation endpoint reads the file
-itself and answers the spec's error codes."""
+"""`pfx-registry serve` starts a real uvicorn server on embedded defaults (a folder and SQLite):
+first start says how to get an admin token, and a push/pull works over real HTTP."""
 
 from __future__ import annotations
 
-import json
-import socket
+import hashlib
 import subprocess
 import sys
 import time
@@ -13,27 +12,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from backends import free_port
 from conftest import VECTORS
 
-import perfusion_format as pf
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+COMMAND = str(Path(sys.executable).with_name("pfx-registry"))
 
 
 @pytest.fixture(scope="module")
-def registry_url() -> Iterator[str]:
-    port = _free_port()
-    command = Path(sys.executable).with_name("pfx-registry")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
+    data = tmp_path_factory.mktemp("registry")
+    port = free_port()
     process = subprocess.Popen(
-        [str(command), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [COMMAND, "serve", "--host", "127.0.0.1", "--port", str(port), "--data", str(data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    banner = ""
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -43,52 +39,44 @@ def registry_url() -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
+                output = process.stdout.read() if process.stdout else ""
                 pytest.fail(f"pfx-registry did not start:\n{output}")
             time.sleep(0.1)
-        yield url
+        assert process.stdout is not None
+        banner = "".join(process.stdout.readline() for _ in range(4))
+        yield url, data, banner
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def test_health(registry_url: str) -> None:
-    assert httpx.get(f"{registry_url}/healthz").json()["status"] == "ok"
+def test_first_start_says_how_to_get_an_admin_token(server) -> None:
+    _, data, banner = server
+    assert "pfx-registry admin create-token" in banner
+    assert "password" not in banner.lower()
+    assert (data / "index.db").exists()
 
 
-def test_validate_describes_what_the_server_read(registry_url: str) -> None:
-    data = (VECTORS / "sdxl-fp16.perfusion.safetensors").read_bytes()
-    response = httpx.post(f"{registry_url}/v1/concepts/validate", content=data)
-    assert response.status_code == 200
-    body = response.json()
-    manifest = json.loads((VECTORS / "manifest.json").read_text())
-    entry = next(f for f in manifest["files"] if f["file"] == "sdxl-fp16.perfusion.safetensors")
-    assert body["digest"] == entry["content_digest"]
-    assert body["weights_digest"] == entry["weights_digest"]
-    assert body["signers"] == entry["signers"]
-    assert (body["family"], body["dtype"], body["size"]) == ("sdxl", "F16", entry["size"])
-    assert body["token"] == "<teddy>" and body["media_type"] == pf.MEDIA_TYPE
-
-
-@pytest.mark.parametrize(
-    ("file", "code"),
-    [
-        ("tampered-tensor.perfusion.safetensors", "SIGNATURE_INVALID"),
-        ("truncated-length.bin", "TRUNCATED"),
-    ],
-)
-def test_validate_refuses_with_the_spec_code(registry_url: str, file: str, code: str) -> None:
-    data = (VECTORS / "invalid" / file).read_bytes()
-    response = httpx.post(f"{registry_url}/v1/concepts/validate", content=data)
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == code
-
-
-def test_oversize_body_is_413(registry_url: str) -> None:
-    response = httpx.post(
-        f"{registry_url}/v1/concepts/validate", content=bytes(pf.MAX_FILE_SIZE + 1)
+def test_ready_and_push_pull_over_http(server) -> None:
+    url, data, _ = server
+    assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+    token = subprocess.run(
+        [COMMAND, "admin", "create-token", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert token.startswith("pfx_")
+    headers = {"Authorization": f"Bearer {token}"}
+    payload = (VECTORS / "sdxl-fp16.perfusion.safetensors").read_bytes()
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    assert (
+        httpx.put(f"{url}/v1/blobs/{digest}", content=payload, headers=headers).status_code == 201
     )
-    assert response.status_code == 413
-    assert response.json() == {
-        "error": {"code": "FILE_TOO_LARGE", "message": f"the body exceeds {pf.MAX_FILE_SIZE} bytes"}
-    }
+    published = httpx.put(
+        f"{url}/v1/concepts/admin/teddy/versions/1.0", json={"digest": digest}, headers=headers
+    )
+    assert published.status_code == 201
+    pulled = httpx.get(f"{url}/v1/concepts/admin/teddy/versions/latest/file", headers=headers)
+    assert pulled.content == payload
+    assert httpx.get(f"{url}/v1/concepts/admin/teddy").status_code == 404  # private by default

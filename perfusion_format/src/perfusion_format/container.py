@@ -144,7 +144,7 @@ def _check_entry(name: str, value: Any) -> _Entry:
     if dtype not in DTYPES:
         raise _fail(
             ErrorCode.DTYPE_NOT_ALLOWED,
-            f"tensor {name!r} has dtype {dtype}; allowed: F16, BF16, F32",
+            f"tensor {name!r} has dtype {dtype!r}; allowed: F16, BF16, F32",
         )
     if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
         raise _fail(ErrorCode.HEADER_INVALID, f"tensor {name!r} has an invalid shape")

@@ -54,9 +54,16 @@ class PerfusionError(Exception):
     """
 
     def __init__(self, code: str, message: str) -> None:
+        message = _one_line(message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every non-printable character (newlines, controls) written as an escape:
+    messages quote untrusted file content and must stay one line."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class FormatError(PerfusionError, ValueError):

@@ -1,75 +1,119 @@
 """The registry's FastAPI application factory.
 
 Errors follow one shape everywhere: ``{"error": {"code": ..., "message": ...}}`` with the right
-HTTP status; the codes of concept-file problems are those of spec/concept-format.md.
+HTTP status. Concept files refused by perfusion_format keep the format's code (422); a backend that
+is down is 503 UNAVAILABLE; nothing a client sends produces a 500.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
 
 import perfusion_format as pf
 
+from .errors import BackendUnavailable, Code, RegistryError
+from .migrate import upgrade
+from .routes import router
+from .settings import Settings
+from .state import Registry, open_registry
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+__all__ = ["create_app", "error_response"]
+
+_STATUS_CODES = {
+    400: Code.BAD_REQUEST,
+    401: Code.UNAUTHORIZED,
+    403: Code.FORBIDDEN,
+    404: Code.NOT_FOUND,
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The registry's one error shape."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    return JSONResponse(
+        {"error": {"code": str(code), "message": message}}, status_code=status, headers=headers
+    )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it grows past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RegistryError)
+    async def registry_error(_request: Request, error: RegistryError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(pf.FormatError)
+    async def format_error(_request: Request, error: pf.FormatError) -> JSONResponse:
+        return error_response(422, error.code, error.message)
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(_request: Request, error: BackendUnavailable) -> JSONResponse:
+        return error_response(503, Code.UNAVAILABLE, str(error), {"Retry-After": "5"})
+
+    @app.exception_handler(OperationalError)
+    async def index_unavailable(_request: Request, error: OperationalError) -> JSONResponse:
+        message = f"the index is unavailable ({type(error.orig).__name__})"
+        return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return error_response(400, Code.BAD_REQUEST, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, Code.BAD_REQUEST)
+        return error_response(error.status_code, code, str(error.detail), error.headers)
 
 
-def describe(concept: pf.Concept, data: bytes) -> dict[str, Any]:
-    """What the server reads from a concept file (never what a client claims about it)."""
-    return {
-        "media_type": pf.MEDIA_TYPE,
-        "digest": pf.content_digest(data),
-        "weights_digest": concept.weights_digest,
-        "size": len(data),
-        "version": concept.version,
-        "name": concept.name,
-        "token": concept.token,
-        "superclass": concept.superclass,
-        "family": concept.family.name,
-        "base_fingerprint": concept.base_fingerprint,
-        "dtype": concept.dtype,
-        "signers": [signature.key_id for signature in concept.signatures],
-    }
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    """Build the registry for ``settings`` (default: from the environment). With ``migrate``
+    the index schema is brought up to date when the app starts."""
+    settings = settings or Settings.from_env()
+    registry = open_registry(settings)
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            upgrade(registry.engine)
+        yield
+        registry.engine.dispose()
 
-def create_app() -> FastAPI:
-    """Build the registry application."""
-    app = FastAPI(title="pfx registry", version="0.1.0")
+    app = FastAPI(title="pfx registry", version="1", lifespan=lifespan)
+    app.state.registry = registry
+    _install_error_handlers(app)
+    app.include_router(router)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:
-        """Liveness: the process is up."""
-        return {"status": "ok", "service": "pfx-registry"}
+        """Liveness: the process answers."""
+        return {"status": "ok"}
 
-    @app.post("/v1/concepts/validate")
-    async def validate(request: Request) -> JSONResponse:
-        """Validate the request body as a concept file and describe it, or answer its error."""
-        data = await _read_limited(request, pf.MAX_FILE_SIZE)
-        if data is None:
-            return error_response(
-                413, pf.ErrorCode.FILE_TOO_LARGE, f"the body exceeds {pf.MAX_FILE_SIZE} bytes"
-            )
-        try:
-            concept = pf.loads(data)
-        except pf.FormatError as error:
-            return error_response(422, error.code, error.message)
-        return JSONResponse(describe(concept, data))
+    @app.get("/readyz")
+    def ready() -> dict[str, Any]:
+        """Readiness: the index and the blob store both answer (503 otherwise)."""
+        return check_ready(registry)
 
     return app
+
+
+def check_ready(registry: Registry) -> dict[str, Any]:
+    """Raise BackendUnavailable unless the index and the blob store answer."""
+    try:
+        with registry.engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except OperationalError as error:
+        raise BackendUnavailable(
+            f"the index is unavailable ({type(error.orig).__name__})"
+        ) from error
+    registry.blobs.check()
+    return {"status": "ready"}

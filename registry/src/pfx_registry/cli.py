@@ -1,26 +1,108 @@
-"""``pfx-registry``: the registry's command line."""
+"""``pfx-registry``: run, migrate and administer the registry."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import timedelta
 
 import uvicorn
+from sqlalchemy import insert, select
 
-from .app import create_app
+from .auth import hash_token, new_token
+from .db import accounts, tokens, utcnow
+from .migrate import upgrade
+from .settings import Settings
+from .state import open_registry
+
+
+def _settings(arguments: argparse.Namespace) -> Settings:
+    return Settings.from_env(data_dir=arguments.data)
+
+
+def serve(arguments: argparse.Namespace) -> int:
+    """Migrate, say how to get an admin token when there is none, and serve."""
+    from .app import create_app
+
+    settings = _settings(arguments)
+    registry = open_registry(settings)
+    upgrade(registry.engine)
+    with registry.engine.connect() as connection:
+        has_admin = connection.execute(select(accounts.c.id).where(accounts.c.is_admin)).first()
+    blobs = f"s3://{settings.s3_bucket}" if settings.s3_bucket else str(settings.data_dir / "blobs")
+    print(f"pfx registry on http://{arguments.host}:{arguments.port}")
+    print(f"  index: {settings.index_url.split('@')[-1]}   blobs: {blobs}")
+    if not has_admin:
+        print(
+            "  No administrator yet. Create one and get its token with:\n"
+            f"    pfx-registry admin create-token --data {settings.data_dir}"
+        )
+    uvicorn.run(create_app(settings, migrate=False), host=arguments.host, port=arguments.port)
+    return 0
+
+
+def migrate(arguments: argparse.Namespace) -> int:
+    """Bring the index schema up to date."""
+    upgrade(open_registry(_settings(arguments)).engine)
+    print("index schema is up to date")
+    return 0
+
+
+def create_admin_token(arguments: argparse.Namespace) -> int:
+    """Create the administrator account if needed and print a new admin token once."""
+    registry = open_registry(_settings(arguments))
+    upgrade(registry.engine)
+    secret = new_token()
+    with registry.engine.begin() as connection:
+        user_id = connection.execute(
+            select(accounts.c.id).where(accounts.c.name == arguments.user)
+        ).scalar()
+        if user_id is None:
+            user_id = connection.execute(
+                insert(accounts)
+                .values(name=arguments.user, kind="user", is_admin=True)
+                .returning(accounts.c.id)
+            ).scalar_one()
+        expires = utcnow() + timedelta(days=arguments.days) if arguments.days else None
+        connection.execute(
+            insert(tokens).values(
+                user_id=user_id,
+                name="admin (pfx-registry admin create-token)",
+                secret_hash=hash_token(secret),
+                scope="admin",
+                expires_at=expires,
+            )
+        )
+    print(secret)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pfx-registry`` console command."""
     parser = argparse.ArgumentParser(prog="pfx-registry", description="The pfx concept registry.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the registry (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8700, help="port to bind (default 8700)")
-    arguments = parser.parse_args(argv)
-
-    print(
-        f"pfx registry on http://{arguments.host}:{arguments.port}\n"
-        "  This build serves GET /healthz and POST /v1/concepts/validate only: storage, the\n"
-        "  index, accounts and push/pull arrive with the registry issue."
+    data_help = (
+        "folder for the embedded blob store and SQLite index (default: $PFX_DATA_DIR or data)"
     )
-    uvicorn.run(create_app(), host=arguments.host, port=arguments.port, log_level="info")
+
+    run = commands.add_parser("serve", help="start the registry (uvicorn)")
+    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=8700, help="port to bind (default 8700)")
+    run.add_argument("--data", default=None, help=data_help)
+    run.set_defaults(handler=serve)
+
+    schema = commands.add_parser("migrate", help="bring the index schema up to date")
+    schema.add_argument("--data", default=None, help=data_help)
+    schema.set_defaults(handler=migrate)
+
+    admin = commands.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True
+    )
+    token = admin.add_parser("create-token", help="print a new registry-administrator token")
+    token.add_argument("--data", default=None, help=data_help)
+    token.add_argument("--user", default="admin", help="administrator account (default admin)")
+    token.add_argument("--days", type=int, default=0, help="expire after N days (default never)")
+    token.set_defaults(handler=create_admin_token)
+
+    arguments = parser.parse_args(argv)
+    sys.exit(arguments.handler(arguments))

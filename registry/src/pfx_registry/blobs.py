@@ -1,0 +1,253 @@
+"""Blob storage: content-addressed, written once, behind one small interface.
+
+Two backends implement :class:`BlobStore`: a local folder (the embedded default) and any
+S3-compatible service through boto3 (AWS S3, MinIO, Ceph RGW, R2). Callers verify a blob's digest
+*before* :meth:`BlobStore.put`; a put is atomic (a temp file renamed into place, or one S3
+PutObject), so a blob is either absent or whole — a crashed upload leaves nothing visible.
+
+Folder layout::
+
+    <root>/blobs/sha256/<first two hex>/<64 hex>     committed blobs
+    <root>/uploads/<random>                           in-flight writes, renamed into blobs/
+
+S3 layout: ``<prefix>blobs/sha256/<64 hex>`` in one bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import BackendUnavailable
+
+__all__ = ["BlobStore", "FolderBlobStore", "S3BlobStore", "check_digest"]
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_CHUNK = 256 * 1024
+
+
+def check_digest(digest: str) -> str:
+    """Return the hex part of ``sha256:<64 lowercase hex>``; ValueError for anything else."""
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return match.group(1)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename into ``path`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class BlobStore(Protocol):
+    """Where blob bytes live. Every method raises :class:`BackendUnavailable` when the backend
+    cannot be reached."""
+
+    def size(self, digest: str) -> int | None:
+        """The blob's size in bytes, or None when it is not stored."""
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store ``data`` (already verified to hash to ``digest``) atomically; idempotent."""
+
+    def read(self, digest: str) -> bytes:
+        """The whole blob (FileNotFoundError when absent)."""
+
+    def stream(self, digest: str) -> Iterator[bytes]:
+        """The blob in chunks (FileNotFoundError when absent, raised before the first chunk)."""
+
+    def delete(self, digest: str) -> None:
+        """Remove the blob; absent blobs are fine."""
+
+    def digests(self) -> Iterator[str]:
+        """Every stored blob's digest."""
+
+    def presigned_url(self, digest: str, expires: int) -> str | None:
+        """A short-lived URL a client can download from directly, or None (folder backend)."""
+
+    def check(self) -> None:
+        """Raise :class:`BackendUnavailable` unless the store answers."""
+
+
+class FolderBlobStore:
+    """Blobs as files under a local folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs" / "sha256"
+        self._uploads = self.root / "uploads"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._uploads.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        hexdigest = check_digest(digest)
+        return self._blobs / hexdigest[:2] / hexdigest
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self._path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def put(self, digest: str, data: bytes) -> None:
+        target = self._path(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=self._uploads)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+
+    def read(self, digest: str) -> bytes:
+        return self._path(digest).read_bytes()
+
+    def stream(self, digest: str) -> Iterator[bytes]:
+        handle = open(self._path(digest), "rb")  # noqa: SIM115 — closed by the generator
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(_CHUNK):
+                    yield chunk
+
+        return chunks()
+
+    def delete(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> Iterator[str]:
+        for path in sorted(self._blobs.glob("*/*")):
+            if _DIGEST.fullmatch(f"sha256:{path.name}"):
+                yield f"sha256:{path.name}"
+
+    def presigned_url(self, digest: str, expires: int) -> str | None:
+        check_digest(digest)
+        return None
+
+    def check(self) -> None:
+        if not os.access(self._blobs, os.W_OK):
+            raise BackendUnavailable(f"{self._blobs} is not writable")
+
+
+class S3BlobStore:
+    """Blobs as objects in an S3-compatible bucket, through boto3 (credentials from the standard
+    AWS chain; ``endpoint_url`` for non-AWS services)."""
+
+    def __init__(
+        self, bucket: str, *, endpoint_url: str | None = None, prefix: str = "", client: Any = None
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self._client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+        )
+
+    def _key(self, digest: str) -> str:
+        return f"{self.prefix}blobs/sha256/{check_digest(digest)}"
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
+        except ClientError as error:
+            # Only a missing *object* is a missing blob. A missing bucket (NoSuchBucket, or 404 to
+            # HeadBucket) is a misconfigured backend. (HeadObject's bodiless 404 cannot tell the
+            # two apart; check() catches a missing bucket.)
+            code = error.response.get("Error", {}).get("Code")
+            if "Key" in kwargs and code in ("404", "NoSuchKey"):
+                raise FileNotFoundError(kwargs["Key"]) from error
+            raise BackendUnavailable(f"S3 {method} (bucket {self.bucket!r}): {error}") from error
+        except BotoCoreError as error:
+            raise BackendUnavailable(f"S3 {method}: {error}") from error
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return int(self._call("head_object", Key=self._key(digest))["ContentLength"])
+        except FileNotFoundError:
+            return None
+
+    def put(self, digest: str, data: bytes) -> None:
+        self._call("put_object", Key=self._key(digest), Body=data)
+
+    def read(self, digest: str) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        body = self._call("get_object", Key=self._key(digest))["Body"]
+        try:
+            return body.read()
+        except BotoCoreError as error:  # the connection broke off, or too few bytes came
+            raise BackendUnavailable(f"S3 get_object body: {error}") from error
+        finally:
+            body.close()
+
+    def stream(self, digest: str) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError
+
+        body = self._call("get_object", Key=self._key(digest))["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(_CHUNK)
+            except BotoCoreError as error:  # the connection broke off, or too few bytes came
+                raise BackendUnavailable(f"S3 get_object body: {error}") from error
+            finally:
+                body.close()
+
+        return chunks()
+
+    def delete(self, digest: str) -> None:
+        self._call("delete_object", Key=self._key(digest))
+
+    def digests(self) -> Iterator[str]:
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list_objects_v2", Prefix=f"{self.prefix}blobs/sha256/", **extra)
+            for item in page.get("Contents", []):
+                name = item["Key"].rsplit("/", 1)[-1]
+                if _DIGEST.fullmatch(f"sha256:{name}"):
+                    yield f"sha256:{name}"
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def presigned_url(self, digest: str, expires: int) -> str | None:
+        from botocore.exceptions import BotoCoreError
+
+        key = self._key(digest)
+        try:
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+            )
+        except BotoCoreError as error:  # e.g. no credentials to sign with
+            raise BackendUnavailable(f"S3 presign: {error}") from error
+
+    def check(self) -> None:
+        self._call("head_bucket")

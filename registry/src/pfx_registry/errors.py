@@ -1,0 +1,53 @@
+"""The registry's errors: a stable code, an HTTP status and a one-line message.
+
+Every failure a client can cause is raised as :class:`RegistryError` and answered as
+``{"error": {"code": ..., "message": ...}}`` with its status; concept files refused by
+:mod:`perfusion_format` keep the format's code (422). A backend that is down is 503. The codes are
+listed in spec/registry-api.md.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable error codes of the registry API (besides perfusion_format's file codes)."""
+
+    BAD_REQUEST = "BAD_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    BLOB_UNKNOWN = "BLOB_UNKNOWN"
+    DIGEST_INVALID = "DIGEST_INVALID"
+    VERSION_EXISTS = "VERSION_EXISTS"
+    TAG_PROTECTED = "TAG_PROTECTED"
+    NAME_INVALID = "NAME_INVALID"
+    NAME_TAKEN = "NAME_TAKEN"
+    SIGNATURE_REQUIRED = "SIGNATURE_REQUIRED"
+    KEY_INVALID = "KEY_INVALID"
+    TOO_LARGE = "TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class RegistryError(Exception):
+    """A failure answered to the client with ``status`` and ``{"error": {code, message}}``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def not_found(what: str) -> RegistryError:
+    """404 NOT_FOUND — also what a private thing answers to those who may not see it."""
+    return RegistryError(404, Code.NOT_FOUND, f"{what} not found")
+
+
+class BackendUnavailable(Exception):
+    """The blob store or the database cannot be reached (answered as 503 UNAVAILABLE)."""

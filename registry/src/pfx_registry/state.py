@@ -1,0 +1,71 @@
+"""The registry's long-lived parts (settings, index engine, blob store) and the request
+dependencies that hand them to routes: a database transaction and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from .auth import Caller, authenticate
+from .blobs import BlobStore, FolderBlobStore, S3BlobStore
+from .db import create_index_engine
+from .errors import BackendUnavailable
+from .settings import Settings
+
+__all__ = ["CallerDep", "ConnectionDep", "Registry", "RegistryDep", "open_registry"]
+
+
+@dataclass
+class Registry:
+    """What every request works with."""
+
+    settings: Settings
+    engine: Engine
+    blobs: BlobStore
+
+
+def open_registry(settings: Settings) -> Registry:
+    """Connect to the index and the blob store named by ``settings`` (nothing is migrated)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.s3_bucket:
+        store: BlobStore = S3BlobStore(
+            settings.s3_bucket, endpoint_url=settings.s3_endpoint, prefix=settings.s3_prefix
+        )
+    else:
+        store = FolderBlobStore(settings.data_dir)
+    return Registry(settings, create_index_engine(settings.index_url), store)
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+
+
+def _connection(registry: RegistryDep) -> Iterator[Connection]:
+    """One transaction per request: committed when the route returns, rolled back on error."""
+    try:
+        with registry.engine.begin() as connection:
+            yield connection
+    except OperationalError as error:  # connection refused, server gone, database locked …
+        raise BackendUnavailable(
+            f"the index is unavailable ({type(error.orig).__name__})"
+        ) from error
+
+
+ConnectionDep = Annotated[Connection, Depends(_connection)]
+
+
+def _caller(
+    connection: ConnectionDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    return authenticate(connection, authorization)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]

@@ -1,0 +1,362 @@
+"""One conformance suite for every blob backend (a local folder, and S3 over HTTP to moto's server
+mode), plus what is particular to each: the folder's atomic writes, S3 outages and buckets, and
+the throwaway PostgreSQL cluster script the SQL tests stand on."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from backends import S3Server, start_postgres, stop_postgres
+
+from pfx_registry.blobs import BlobStore, FolderBlobStore, S3BlobStore, check_digest
+from pfx_registry.errors import BackendUnavailable
+
+SIZES = [0, 1, 256 * 1024 + 3, 4 * 1024 * 1024]
+
+
+def blob(size: int, seed: int = 0) -> tuple[str, bytes]:
+    """Deterministic bytes of ``size`` and their digest."""
+    data = random.Random(size * 7919 + seed).randbytes(size)
+    return "sha256:" + hashlib.sha256(data).hexdigest(), data
+
+
+def digest_of(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- every backend ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_round_trip_is_byte_identical(blob_store: BlobStore, size: int) -> None:
+    digest, data = blob(size)
+    blob_store.put(digest, data)
+    assert blob_store.size(digest) == size
+    assert blob_store.read(digest) == data
+    chunks = list(blob_store.stream(digest))
+    assert all(isinstance(chunk, bytes) and chunk for chunk in chunks)
+    assert b"".join(chunks) == data
+    if size >= 1024 * 1024:
+        assert len(chunks) > 1, "a large blob is streamed in several chunks"
+
+
+def test_put_is_idempotent(blob_store: BlobStore) -> None:
+    digest, data = blob(1000)
+    blob_store.put(digest, data)
+    blob_store.put(digest, data)
+    assert blob_store.size(digest) == len(data)
+    assert blob_store.read(digest) == data
+    assert list(blob_store.digests()) == [digest]
+
+
+def test_absent_blob(blob_store: BlobStore) -> None:
+    digest, _ = blob(10)
+    assert blob_store.size(digest) is None
+    with pytest.raises(FileNotFoundError):
+        blob_store.read(digest)
+    with pytest.raises(FileNotFoundError):
+        blob_store.stream(digest)  # before the first chunk is asked for
+    blob_store.delete(digest)  # deleting what is absent is fine
+    assert list(blob_store.digests()) == []
+
+
+def test_delete(blob_store: BlobStore) -> None:
+    kept, kept_data = blob(5, seed=1)
+    gone, gone_data = blob(5, seed=2)
+    blob_store.put(kept, kept_data)
+    blob_store.put(gone, gone_data)
+    blob_store.delete(gone)
+    assert blob_store.size(gone) is None
+    with pytest.raises(FileNotFoundError):
+        blob_store.read(gone)
+    assert blob_store.read(kept) == kept_data
+    assert list(blob_store.digests()) == [kept]
+    blob_store.delete(gone)
+
+
+def test_digests_lists_exactly_what_was_put(blob_store: BlobStore) -> None:
+    stored = {}
+    for seed in range(12):
+        digest, data = blob(seed * 3, seed=seed)
+        blob_store.put(digest, data)
+        stored[digest] = data
+    listed = list(blob_store.digests())
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(stored)
+
+
+def test_check_answers(blob_store: BlobStore) -> None:
+    blob_store.check()
+
+
+def test_check_digest() -> None:
+    hexdigest = hashlib.sha256(b"x").hexdigest()
+    assert check_digest(f"sha256:{hexdigest}") == hexdigest
+    for bad in [
+        f"sha256:{hexdigest.upper()}",
+        f"sha256:{hexdigest[:32]}{hexdigest[32:].upper()}",
+        f"sha256:{hexdigest[:-1]}",
+        f"sha256:{hexdigest}0",
+        f"sha256:{hexdigest[:-1]}g",
+        f"sha512:{hashlib.sha512(b'x').hexdigest()}",
+        f"md5:{hashlib.md5(b'x').hexdigest()}",
+        f"SHA256:{hexdigest}",
+        hexdigest,
+        f"sha256:{hexdigest}\n",
+        f" sha256:{hexdigest}",
+        "sha256:",
+        "",
+    ]:
+        with pytest.raises(ValueError, match="not a sha256 digest"):
+            check_digest(bad)
+
+
+MALFORMED = [
+    "sha256:" + "A" * 64,
+    "sha256:" + "a" * 63,
+    "sha512:" + "a" * 128,
+    "sha256:../../../etc/passwd",
+    "sha256:" + "a" * 62 + "/.",
+]
+
+
+@pytest.mark.parametrize("digest", MALFORMED)
+def test_malformed_digest_is_refused_by_every_method(blob_store: BlobStore, digest: str) -> None:
+    calls: dict[str, Any] = {
+        "size": lambda: blob_store.size(digest),
+        "put": lambda: blob_store.put(digest, b"data"),
+        "read": lambda: blob_store.read(digest),
+        "stream": lambda: blob_store.stream(digest),
+        "delete": lambda: blob_store.delete(digest),
+        "presigned_url": lambda: blob_store.presigned_url(digest, 60),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="not a sha256 digest"):
+            call()
+        assert list(blob_store.digests()) == [], name
+
+
+def test_presigned_url(blob_store: BlobStore) -> None:
+    digest, data = blob(256 * 1024 + 3)
+    blob_store.put(digest, data)
+    url = blob_store.presigned_url(digest, 60)
+    if isinstance(blob_store, FolderBlobStore):
+        assert url is None
+        return
+    assert isinstance(url, str)
+    response = httpx.get(url, timeout=10, trust_env=False)
+    assert response.status_code == 200
+    assert response.content == data
+
+
+# --- the folder backend -----------------------------------------------------------------------
+
+
+def test_folder_layout_and_no_leftover_uploads(tmp_path: Path) -> None:
+    store = FolderBlobStore(tmp_path)
+    digests = []
+    for size in SIZES:
+        digest, data = blob(size)
+        store.put(digest, data)
+        digests.append(digest)
+        hexdigest = digest.removeprefix("sha256:")
+        assert (tmp_path / "blobs" / "sha256" / hexdigest[:2] / hexdigest).read_bytes() == data
+    assert list((tmp_path / "uploads").iterdir()) == []
+    assert sorted(store.digests()) == sorted(digests)
+
+
+def test_folder_digests_ignores_strays(tmp_path: Path) -> None:
+    store = FolderBlobStore(tmp_path)
+    digest, data = blob(3)
+    store.put(digest, data)
+    (tmp_path / "blobs" / "sha256" / "ab" / "not-a-digest").parent.mkdir(exist_ok=True)
+    (tmp_path / "blobs" / "sha256" / "ab" / "not-a-digest").write_bytes(b"x")
+    (tmp_path / "blobs" / "sha256" / "ab" / ("A" * 64)).write_bytes(b"x")
+    (tmp_path / "uploads" / "tmp123").write_bytes(b"half")
+    assert list(store.digests()) == [digest]
+
+
+@pytest.mark.parametrize("failing", ["os.fsync", "os.replace"])
+def test_folder_put_that_fails_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A write that fails half-way (after the bytes were written, or at the rename) leaves
+    neither the blob nor a temporary file."""
+    store = FolderBlobStore(tmp_path)
+    digest, data = blob(256 * 1024 + 3)
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, failing.removeprefix("os."), fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.put(digest, data)
+    monkeypatch.undo()
+    assert store.size(digest) is None
+    assert list(store.digests()) == []
+    assert list((tmp_path / "uploads").iterdir()) == []
+    store.put(digest, data)  # and the next try works
+    assert store.read(digest) == data
+
+
+# --- the S3 backend ---------------------------------------------------------------------------
+
+
+def test_s3_digests_paginates(s3_server: S3Server) -> None:
+    """More than one ListObjectsV2 page (1,000 keys) of blobs are all listed."""
+    store = S3BlobStore(s3_server.create_bucket(), endpoint_url=s3_server.url)
+    payloads = [f"blob {index}".encode() for index in range(1_005)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda data: store.put(digest_of(data), data), payloads))
+    listed = list(store.digests())
+    assert len(listed) == len(payloads)
+    assert set(listed) == {digest_of(data) for data in payloads}
+
+
+def test_s3_prefixes_keep_stores_apart(s3_server: S3Server) -> None:
+    bucket = s3_server.create_bucket()
+    first = S3BlobStore(bucket, endpoint_url=s3_server.url, prefix="one/")
+    second = S3BlobStore(bucket, endpoint_url=s3_server.url, prefix="two/")
+    digest, data = blob(7)
+    first.put(digest, data)
+    s3_server.client().put_object(Bucket=bucket, Key="two/blobs/sha256/readme.txt", Body=b"x")
+    assert first.size(digest) == 7
+    assert second.size(digest) is None
+    assert list(first.digests()) == [digest]
+    assert list(second.digests()) == []
+
+
+def test_s3_missing_bucket_is_unavailable_not_missing_blob(s3_server: S3Server) -> None:
+    """A bucket that does not exist is a broken backend (503), never a missing blob (404)."""
+    store = S3BlobStore(f"pfx-absent-{time.time_ns()}", endpoint_url=s3_server.url)
+    digest, data = blob(4)
+    with pytest.raises(BackendUnavailable):
+        store.check()
+    with pytest.raises(BackendUnavailable):
+        store.put(digest, data)
+    with pytest.raises(BackendUnavailable):
+        store.read(digest)
+    with pytest.raises(BackendUnavailable):
+        store.stream(digest)
+    with pytest.raises(BackendUnavailable):
+        list(store.digests())
+
+
+def test_s3_outage_and_recovery(s3_server: S3Server) -> None:
+    """With the server down every S3 call fails fast with BackendUnavailable; once it is back,
+    the same store works again."""
+    bucket = s3_server.create_bucket()
+    store = S3BlobStore(bucket, endpoint_url=s3_server.url)
+    digest, data = blob(100)
+    store.put(digest, data)
+    calls: dict[str, Any] = {
+        "check": store.check,
+        "size": lambda: store.size(digest),
+        "put": lambda: store.put(digest, data),
+        "read": lambda: store.read(digest),
+        "stream": lambda: store.stream(digest),
+        "delete": lambda: store.delete(digest),
+        "digests": lambda: list(store.digests()),
+    }
+    s3_server.stop()
+    try:
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                call()
+            assert time.monotonic() - started < 5, f"{name} took too long to give up"
+    finally:
+        s3_server.start()
+    s3_server.create_bucket(bucket)  # a restarted moto server is empty
+    store.check()
+    assert store.size(digest) is None
+    store.put(digest, data)
+    assert store.read(digest) == data
+    assert list(store.digests()) == [digest]
+
+
+class _FailingBody:
+    """A GetObject body whose connection drops after ``good`` bytes (as botocore reports it)."""
+
+    def __init__(self, good: bytes) -> None:
+        from botocore.response import StreamingBody
+
+        # Announces more bytes than it has: botocore raises IncompleteReadError at the end.
+        self._body = StreamingBody(io.BytesIO(good), len(good) + 10)
+        self.closed = False
+
+    def read(self, amount: int | None = None) -> bytes:
+        return self._body.read(amount)
+
+    def iter_chunks(self, size: int) -> Any:
+        return self._body.iter_chunks(size)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _DroppingClient:
+    """An S3 client stand-in whose downloads break off mid-way."""
+
+    def __init__(self) -> None:
+        self.bodies: list[_FailingBody] = []
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.bodies.append(_FailingBody(b"x" * 300_000))
+        return {"Body": self.bodies[-1]}
+
+
+def test_s3_transfer_broken_mid_body_is_unavailable() -> None:
+    """A download that breaks off after GetObject answered is BackendUnavailable too (and the
+    body is closed), not a botocore error leaking out."""
+    client = _DroppingClient()
+    store = S3BlobStore("bucket", client=client)
+    digest, _ = blob(1)
+    with pytest.raises(BackendUnavailable):
+        store.read(digest)
+    with pytest.raises(BackendUnavailable):
+        list(store.stream(digest))
+    assert all(body.closed for body in client.bodies)
+
+
+# --- the PostgreSQL test cluster --------------------------------------------------------------
+
+
+def _postgres_version(url: str) -> str:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return str(connection.execute(sa.text("select version()")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_postgres_url_fixture(postgres_url: str) -> None:
+    assert postgres_url.startswith("postgresql+psycopg://")
+    assert "PostgreSQL 15" in _postgres_version(postgres_url)
+
+
+def test_ci_postgres_start_and_stop(tmp_path: Path) -> None:
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="pfx-postgres-test-"))
+    try:
+        url = start_postgres(directory)
+        assert url == (directory / "url").read_text().strip()
+        assert url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+        assert url.endswith("/pfx_test")
+        assert "PostgreSQL 15" in _postgres_version(url)
+    finally:
+        stop_postgres(directory)
+    assert not directory.exists()
