@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +74,9 @@ class BlobStore(Protocol):
 
     def digests(self) -> Iterator[str]:
         """Every stored blob's digest."""
+
+    def stored_at(self, digest: str) -> datetime | None:
+        """When the blob was written (UTC), or None when it is not stored."""
 
     def presigned_url(self, digest: str, expires: int) -> str | None:
         """A short-lived URL a client can download from directly, or None (folder backend)."""
@@ -138,6 +142,12 @@ class FolderBlobStore:
         for path in sorted(self._blobs.glob("*/*")):
             if _DIGEST.fullmatch(f"sha256:{path.name}"):
                 yield f"sha256:{path.name}"
+
+    def stored_at(self, digest: str) -> datetime | None:
+        try:
+            return datetime.fromtimestamp(self._path(digest).stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None
 
     def presigned_url(self, digest: str, expires: int) -> str | None:
         check_digest(digest)
@@ -237,6 +247,13 @@ class S3BlobStore:
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
+
+    def stored_at(self, digest: str) -> datetime | None:
+        try:
+            modified = self._call("head_object", Key=self._key(digest))["LastModified"]
+        except FileNotFoundError:
+            return None
+        return modified.astimezone(UTC)
 
     def presigned_url(self, digest: str, expires: int) -> str | None:
         from botocore.exceptions import BotoCoreError

@@ -11,6 +11,7 @@ from sqlalchemy import insert, select
 
 from .auth import hash_token, new_token
 from .db import accounts, tokens, utcnow
+from .gc import collect_garbage
 from .migrate import upgrade
 from .settings import Settings
 from .state import open_registry
@@ -77,6 +78,21 @@ def create_admin_token(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def collect(arguments: argparse.Namespace) -> int:
+    """Delete blobs that no version has referenced for the grace period."""
+    report = collect_garbage(
+        open_registry(_settings(arguments)),
+        timedelta(hours=arguments.grace_hours),
+        dry_run=arguments.dry_run,
+    )
+    verb = "would delete" if arguments.dry_run else "deleted"
+    counts = f"{len(report.unreferenced)} unreferenced and {len(report.unindexed)} unindexed"
+    print(f"{verb} {counts} blobs")
+    for digest in (*report.unreferenced, *report.unindexed):
+        print(f"  {digest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pfx-registry`` console command."""
     parser = argparse.ArgumentParser(prog="pfx-registry", description="The pfx concept registry.")
@@ -103,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--user", default="admin", help="administrator account (default admin)")
     token.add_argument("--days", type=int, default=0, help="expire after N days (default never)")
     token.set_defaults(handler=create_admin_token)
+
+    gc = commands.add_parser("gc", help="delete blobs no version references (after a grace period)")
+    gc.add_argument("--data", default=None, help=data_help)
+    gc.add_argument("--grace-hours", type=float, default=24.0, help="default 24")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    gc.set_defaults(handler=collect)
 
     arguments = parser.parse_args(argv)
     sys.exit(arguments.handler(arguments))

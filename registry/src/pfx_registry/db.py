@@ -132,6 +132,8 @@ repositories = Table(
     UniqueConstraint("namespace_id", "name"),
 )
 
+Index("repositories_downloads", repositories.c.downloads)
+
 versions = Table(
     "versions",
     metadata,

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 import perfusion_format as pf
 
-from . import service
+from . import search, service
 from .auth import ROLES, Caller, at_least, hash_token, new_token, role_in
 from .blobs import check_digest
 from .db import (
@@ -286,6 +286,7 @@ def _set_yanked(
     )
     if result.rowcount == 0:
         raise not_found(f"version {version}")
+    search.refresh(connection, repository.id)
     service.audit(
         connection, caller, "version.yank" if yanked else "version.unyank", f"{ns}/{name}:{version}"
     )
@@ -335,6 +336,7 @@ def update_repository(
     connection.execute(
         update(repositories).where(repositories.c.id == repository.id).values(**changes)
     )
+    search.refresh(connection, repository.id)
     service.audit(
         connection,
         caller,
@@ -351,6 +353,7 @@ def delete_repository(ns: str, name: str, connection: ConnectionDep, caller: Cal
     _, repository = service.writable_repository(connection, caller, ns, name, "admin")
     if repository is None:
         raise not_found(f"concept {ns}/{name}")
+    search.remove(connection, repository.id)
     connection.execute(delete(tags).where(tags.c.repository_id == repository.id))
     connection.execute(delete(versions).where(versions.c.repository_id == repository.id))
     connection.execute(delete(repositories).where(repositories.c.id == repository.id))
@@ -676,7 +679,7 @@ def get_policy(ns: str, connection: ConnectionDep) -> dict[str, bool]:
 
 
 @router.get("/search")
-def search(
+def search_concepts(
     connection: ConnectionDep,
     caller: CallerDep,
     q: Annotated[str, Query(max_length=200)] = "",
@@ -684,66 +687,12 @@ def search(
     namespace: str | None = None,
     superclass: str | None = None,
     signer: str | None = None,
+    sort: str = "relevance",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """Concepts the caller may read whose name, token, superclass, description or labels
-    contain every word of ``q`` (case-insensitive), newest first."""
-    latest = (
-        select(versions.c.repository_id, func.max(versions.c.id).label("version_id"))
-        .where(versions.c.yanked_at.is_(None))
-        .group_by(versions.c.repository_id)
-        .subquery()
-    )
-    query = (
-        select(repositories, accounts.c.name.label("namespace"), concept_files, versions.c.version)
-        .join(accounts, accounts.c.id == repositories.c.namespace_id)
-        .join(latest, latest.c.repository_id == repositories.c.id)
-        .join(versions, versions.c.id == latest.c.version_id)
-        .join(concept_files, concept_files.c.digest == versions.c.digest)
-        .where(service.visible_repositories(connection, caller))
-    )
-    text = func.lower(
-        repositories.c.name
-        + " "
-        + concept_files.c.token
-        + " "
-        + concept_files.c.superclass
-        + " "
-        + concept_files.c.title
-        + " "
-        + repositories.c.description
-        + " "
-        + repositories.c.labels
-    )
-    for word in q.lower().split():
-        query = query.where(text.contains(word, autoescape=True))
-    if family:
-        query = query.where(concept_files.c.family == family)
-    if namespace:
-        query = query.where(accounts.c.name == namespace)
-    if superclass:
-        query = query.where(concept_files.c.superclass == superclass)
-    if signer:
-        query = query.where(
-            (" " + concept_files.c.signers + " ").contains(f" {signer} ", autoescape=True)
-        )
-    rows = connection.execute(query.order_by(versions.c.id.desc()).limit(limit)).all()
-    return {
-        "results": [
-            {
-                "reference": f"{row.namespace}/{row.name}:{row.version}",
-                "namespace": row.namespace,
-                "name": row.name,
-                "version": row.version,
-                "token": row.token,
-                "superclass": row.superclass,
-                "family": row.family,
-                "description": row.description,
-                "labels": row.labels.split(),
-                "downloads": row.downloads,
-                "signers": row.signers.split(),
-                "private": row.private,
-            }
-            for row in rows
-        ]
-    }
+    """Concepts the caller may read matching every word of ``q`` in their name, token,
+    superclass, title, description or labels; sorted by relevance, downloads or recency; one
+    page and the cursor of the next."""
+    query = search.SearchQuery(q, family, namespace, superclass, signer, sort, limit, cursor)
+    return search.run(connection, query, service.visible_repositories(connection, caller))

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 import perfusion_format as pf
 
+from . import search
 from .auth import Caller, at_least, role_in
 from .db import (
     accounts,
@@ -291,6 +292,7 @@ def publish(
         audit(connection, caller, "version.publish", f"{ns}/{name}:{version}", digest=digest)
     for tag in tag_names:
         move_tag(connection, caller, owner, repository, tag, version)
+    search.refresh(connection, repository.id)
     return PublishResult(created, version, digest)
 
 

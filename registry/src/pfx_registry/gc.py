@@ -1,0 +1,76 @@
+"""Garbage collection: blobs that no version references, once they have been so for a grace
+period — what deleted repositories and crashed or abandoned pushes leave behind.
+
+Index first, store second: a blob row is deleted (only while still unreferenced) before its bytes,
+so the index never names a blob that is gone. Bytes with no index row at all (a push that crashed
+between storing and indexing) are deleted once older than the grace period, which also protects
+an upload in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, exists, select
+
+from .db import blobs, utcnow, versions
+from .state import Registry
+
+__all__ = ["CollectionReport", "collect_garbage"]
+
+
+@dataclass(frozen=True)
+class CollectionReport:
+    """What a collection removed (or, in a dry run, would remove)."""
+
+    unreferenced: tuple[str, ...]
+    unindexed: tuple[str, ...]
+
+
+def collect_garbage(
+    registry: Registry, grace: timedelta = timedelta(hours=24), dry_run: bool = False
+) -> CollectionReport:
+    """Remove blobs unreferenced for longer than ``grace``; return what was removed."""
+    cutoff = utcnow() - grace
+    unreferenced_query = select(blobs.c.digest).where(
+        ~exists().where(versions.c.digest == blobs.c.digest)
+    )
+    with registry.engine.begin() as connection:
+        candidates = [
+            digest
+            for digest, created in connection.execute(
+                unreferenced_query.add_columns(blobs.c.created_at)
+            ).all()
+            if _as_utc(created) < cutoff
+        ]
+        indexed = set(connection.execute(select(blobs.c.digest)).scalars())
+    removed = []
+    for digest in candidates:
+        if dry_run:
+            removed.append(digest)
+            continue
+        with registry.engine.begin() as connection:
+            gone = connection.execute(
+                delete(blobs).where(
+                    blobs.c.digest == digest, ~exists().where(versions.c.digest == digest)
+                )
+            ).rowcount
+        if gone:
+            registry.blobs.delete(digest)
+            removed.append(digest)
+    stray = []
+    for digest in registry.blobs.digests():
+        if digest in indexed:
+            continue
+        stored = registry.blobs.stored_at(digest)
+        if stored is not None and stored < cutoff:
+            if not dry_run:
+                registry.blobs.delete(digest)
+            stray.append(digest)
+    return CollectionReport(tuple(removed), tuple(stray))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,263 @@
+"""Full-text search over concepts: SQLite FTS5 or PostgreSQL full text find the candidates, one
+portable score orders them, and a keyset cursor pages through them.
+
+Each repository has one search document, refreshed whenever what it shows changes (publish,
+description or labels, visibility, yank, delete), built from the repository and its newest
+non-yanked version. Text is normalised in Python the same way for both databases — lowercase,
+every run of characters other than letters and digits a single space — so SQLite's ``unicode61``
+tokenizer and PostgreSQL's ``simple`` configuration see the same words and return the same
+results. Relevance is computed in SQL identically on both: for each query word, 3 when it is a
+word of the repository's name, 2 of the token, superclass, title or labels, 1 of the description.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from .db import accounts, concept_files, metadata, repositories, versions
+from .errors import Code, RegistryError
+
+__all__ = ["SORTS", "SearchQuery", "normalise", "refresh", "remove", "run"]
+
+SORTS = ("relevance", "downloads", "recent")
+
+documents = Table(
+    "search_documents",
+    metadata,
+    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("version_id", Integer, nullable=False),  # the newest non-yanked version
+    Column("name_words", Text, nullable=False),
+    Column("key_words", Text, nullable=False),  # token, superclass, title, labels
+    Column("text_words", Text, nullable=False),  # description
+    Column("body", Text, nullable=False),  # all of the above: what full text indexes
+    Column("family", String(16), nullable=False),
+    Column("superclass", String(64), nullable=False),
+    Column("signers", Text, nullable=False),  # " key1 key2 " (padded for word matching)
+)
+
+Index("search_documents_version", documents.c.version_id)
+
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def normalise(value: str) -> str:
+    """Lowercase words separated by single spaces: the form both engines index."""
+    return _NOT_WORD.sub(" ", value.lower()).strip()
+
+
+def refresh(connection: Connection, repository_id: int) -> None:
+    """Rebuild the search document of one repository (removing it when nothing is visible)."""
+    row = connection.execute(
+        select(repositories, concept_files, versions.c.id.label("version_id"))
+        .join(versions, versions.c.repository_id == repositories.c.id)
+        .join(concept_files, concept_files.c.digest == versions.c.digest)
+        .where(repositories.c.id == repository_id, versions.c.yanked_at.is_(None))
+        .order_by(versions.c.id.desc())
+        .limit(1)
+    ).first()
+    remove(connection, repository_id)
+    if row is None:
+        return
+    name_words = normalise(row.name)
+    key_words = normalise(" ".join([row.token, row.superclass, row.title, row.labels]))
+    text_words = normalise(row.description)
+    body = " ".join([name_words, key_words, text_words])
+    connection.execute(
+        insert(documents).values(
+            repository_id=repository_id,
+            version_id=row.version_id,
+            name_words=name_words,
+            key_words=key_words,
+            text_words=text_words,
+            body=body,
+            family=row.family,
+            superclass=row.superclass,
+            signers=f" {row.signers} ",
+        )
+    )
+    if connection.dialect.name == "sqlite":
+        connection.execute(
+            text("INSERT INTO search_fts(rowid, body) VALUES (:id, :body)"),
+            {"id": repository_id, "body": body},
+        )
+
+
+def remove(connection: Connection, repository_id: int) -> None:
+    """Drop a repository's search document."""
+    connection.execute(delete(documents).where(documents.c.repository_id == repository_id))
+    if connection.dialect.name == "sqlite":
+        connection.execute(text("DELETE FROM search_fts WHERE rowid = :id"), {"id": repository_id})
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A search: words, filters, order and page."""
+
+    q: str = ""
+    family: str | None = None
+    namespace: str | None = None
+    superclass: str | None = None
+    signer: str | None = None
+    sort: str = "relevance"
+    limit: int = 20
+    cursor: str | None = None
+
+
+def _padded(column: Any) -> Any:
+    return literal(" ") + column + literal(" ")
+
+
+def _score(words: list[str]) -> ColumnElement[Any]:
+    if not words:
+        return literal(0)
+    terms = [
+        case(
+            (_padded(documents.c.name_words).contains(f" {word} "), 3),
+            (_padded(documents.c.key_words).contains(f" {word} "), 2),
+            (_padded(documents.c.text_words).contains(f" {word} "), 1),
+            else_=0,
+        )
+        for word in words
+    ]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _full_text(connection: Connection, words: list[str]) -> ColumnElement[bool]:
+    if connection.dialect.name == "sqlite":
+        match = " ".join(f'"{word}"' for word in words)
+        candidates = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :match").bindparams(
+            match=match
+        )
+        return documents.c.repository_id.in_(candidates.columns(rowid=Integer))
+    simple = literal_column("'simple'::regconfig")  # must match the index's expression
+    vector = func.to_tsvector(simple, documents.c.body)
+    return vector.op("@@")(func.plainto_tsquery(simple, " ".join(words)))
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[int, int]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
+        kind, key, last_id = value
+        if kind != sort or not isinstance(key, int) or not isinstance(last_id, int):
+            raise ValueError
+        return key, last_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise RegistryError(400, Code.BAD_REQUEST, "invalid cursor for this search") from None
+
+
+def _encode_cursor(sort: str, key: int, last_id: int) -> str:
+    raw = json.dumps([sort, key, last_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, Any]:
+    """Search the repositories ``visible`` (a SQL condition) for ``query``; one page of results
+    and the cursor of the next page (None at the end)."""
+    if query.sort not in SORTS:
+        raise RegistryError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
+    words = normalise(query.q).split()[:16]
+    keys = {
+        "relevance": _score(words),
+        "downloads": repositories.c.downloads,
+        "recent": documents.c.version_id,
+    }
+    key = keys[query.sort]
+    statement = (
+        select(
+            documents,
+            repositories.c.name,
+            repositories.c.private,
+            repositories.c.description,
+            repositories.c.labels,
+            repositories.c.downloads,
+            accounts.c.name.label("namespace"),
+            concept_files.c.token,
+            concept_files.c.title,
+            concept_files.c.signers.label("file_signers"),
+            versions.c.version,
+            versions.c.digest,
+            key.label("sort_key"),
+        )
+        .join(repositories, repositories.c.id == documents.c.repository_id)
+        .join(accounts, accounts.c.id == repositories.c.namespace_id)
+        .join(versions, versions.c.id == documents.c.version_id)
+        .join(concept_files, concept_files.c.digest == versions.c.digest)
+        .where(visible)
+    )
+    if words:
+        statement = statement.where(_full_text(connection, words))
+    filters = {
+        documents.c.family: query.family,
+        documents.c.superclass: query.superclass,
+        accounts.c.name: query.namespace,
+    }
+    for column, value in filters.items():
+        if value:
+            statement = statement.where(column == value)
+    if query.signer:
+        statement = statement.where(documents.c.signers.contains(f" {query.signer} "))
+    if query.cursor:
+        last_key, last_id = _decode_cursor(query.cursor, query.sort)
+        statement = statement.where(
+            or_(key < last_key, and_(key == last_key, documents.c.repository_id < last_id))
+        )
+    rows = connection.execute(
+        statement.order_by(key.desc(), documents.c.repository_id.desc()).limit(query.limit + 1)
+    ).all()
+    page = rows[: query.limit]
+    next_cursor = None
+    if len(rows) > query.limit:
+        last = page[-1]
+        next_cursor = _encode_cursor(query.sort, int(last.sort_key), last.repository_id)
+    return {
+        "results": [
+            {
+                "reference": f"{row.namespace}/{row.name}:{row.version}",
+                "namespace": row.namespace,
+                "name": row.name,
+                "version": row.version,
+                "digest": row.digest,
+                "token": row.token,
+                "title": row.title,
+                "superclass": row.superclass,
+                "family": row.family,
+                "description": row.description,
+                "labels": row.labels.split(),
+                "downloads": row.downloads,
+                "signers": row.file_signers.split(),
+                "private": row.private,
+                "score": int(row.sort_key) if query.sort == "relevance" else None,
+            }
+            for row in page
+        ],
+        "next_cursor": next_cursor,
+    }
