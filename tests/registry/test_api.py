@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -74,22 +74,16 @@ class World:
 @pytest.fixture(params=["folder+sqlite", "s3+postgres", "folder+postgres", "s3+sqlite"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     blobs, index = request.param.split("+")
-    settings = Settings(data_dir=tmp_path / "data")
+    # Rate limits are off here (test_operations.py tests them): the suite sends bursts.
+    settings = Settings(data_dir=tmp_path / "data", rate_limit_token=0, rate_limit_address=0)
     if blobs == "s3":
         server = request.getfixturevalue("s3_server")
         bucket = "b" + uuid.uuid4().hex[:12]
         server.create_bucket(bucket)
-        settings = Settings(
-            data_dir=settings.data_dir, s3_bucket=bucket, s3_endpoint=server.endpoint
-        )
+        settings = replace(settings, s3_bucket=bucket, s3_endpoint=server.endpoint)
     if index == "postgres":
         url = _fresh_postgres_database(request.getfixturevalue("postgres_url"))
-        settings = Settings(
-            data_dir=settings.data_dir,
-            s3_bucket=settings.s3_bucket,
-            s3_endpoint=settings.s3_endpoint,
-            database_url=url,
-        )
+        settings = replace(settings, database_url=url)
     app = create_app(settings)
     engine = app.state.registry.engine
     upgrade(engine)

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
@@ -22,6 +22,7 @@ import perfusion_format as pf
 
 from .errors import BackendUnavailable, Code, RegistryError
 from .migrate import upgrade
+from .observability import Metrics, RateLimit, RequestAccounting
 from .routes import router
 from .settings import Settings
 from .state import Registry, open_registry
@@ -92,6 +93,18 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.registry = registry
     _install_error_handlers(app)
     app.include_router(router)
+    metrics = Metrics()
+    app.add_middleware(
+        RequestAccounting,
+        metrics=metrics,
+        token_limit=RateLimit(settings.rate_limit_token, 4 * settings.rate_limit_token),
+        address_limit=RateLimit(settings.rate_limit_address, 4 * settings.rate_limit_address),
+    )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        """Request counters and latency histograms (Prometheus text format)."""
+        return metrics.render()
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

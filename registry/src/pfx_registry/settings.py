@@ -31,6 +31,10 @@ class Settings:
     max_concept_bytes: int = pf.MAX_FILE_SIZE
     max_preview_bytes: int = 1024 * 1024
     max_json_bytes: int = 256 * 1024
+    #: Requests per second (bursts of 4×) allowed per API token and per anonymous client
+    #: address; 0 turns a limit off.
+    rate_limit_token: float = 100.0
+    rate_limit_address: float = 50.0
 
     @property
     def index_url(self) -> str:
@@ -48,4 +52,6 @@ class Settings:
             s3_endpoint=env.get("PFX_S3_ENDPOINT") or None,
             s3_prefix=env.get("PFX_S3_PREFIX", ""),
             s3_redirect=env.get("PFX_S3_REDIRECT", "") in ("1", "true", "yes"),
+            rate_limit_token=float(env.get("PFX_RATE_LIMIT_TOKEN", cls.rate_limit_token)),
+            rate_limit_address=float(env.get("PFX_RATE_LIMIT_ADDRESS", cls.rate_limit_address)),
         )

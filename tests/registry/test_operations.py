@@ -1,0 +1,61 @@
+"""Operations: Prometheus metrics, JSON access logs, and rate limits answering 429 with
+Retry-After — per token and per anonymous address."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pfx_registry.app import create_app
+from pfx_registry.observability import RateLimit
+from pfx_registry.settings import Settings
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    limit = RateLimit(rate=2.0, burst=3.0)
+    assert [limit.retry_after("k", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.retry_after("k", 0.0) == pytest.approx(0.5)  # 1 token missing at 2 per second
+    assert limit.retry_after("k", 0.5) == 0.0  # one token refilled
+    assert limit.retry_after("other", 0.5) == 0.0  # keys are independent
+    assert RateLimit(rate=0, burst=0).retry_after("k", 0.0) == 0.0  # 0 turns it off
+
+
+def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, rate_limit_token=1.0, rate_limit_address=1.0)
+    with TestClient(create_app(settings)) as client:
+        statuses = [client.get("/healthz").status_code for _ in range(6)]
+        assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429]  # burst is 4× the rate
+        limited = client.get("/healthz")
+        assert limited.json()["error"]["code"] == "RATE_LIMITED"
+        assert int(limited.headers["retry-after"]) >= 1
+        # a token has a bucket of its own (an unknown token is then refused with 401)
+        assert client.get("/healthz", headers={"Authorization": "Bearer pfx_x"}).status_code == 200
+
+
+def test_metrics_and_access_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(data_dir=tmp_path, rate_limit_token=0, rate_limit_address=0)
+    with (
+        TestClient(create_app(settings)) as client,
+        caplog.at_level(logging.INFO, logger="pfx_registry.access"),
+    ):
+        client.get("/v1/concepts/nobody/thing")
+        client.get("/v1/concepts/nobody/thing")
+        client.get("/healthz")
+        text = client.get("/metrics").text
+    assert (
+        'pfx_requests_total{method="GET",route="/v1/concepts/{ns}/{name}",status="404"} 2' in text
+    )
+    assert 'pfx_request_duration_seconds_count{route="/healthz"} 1' in text
+    assert "# TYPE pfx_request_duration_seconds histogram" in text
+    lines = [json.loads(record.message) for record in caplog.records]
+    assert {
+        "method": "GET",
+        "path": "/healthz",
+        "route": "/healthz",
+        "status": 200,
+    }.items() <= lines[2].items()
+    assert lines[0]["status"] == 404 and lines[0]["ms"] >= 0
