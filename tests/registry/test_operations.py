@@ -59,3 +59,26 @@ def test_metrics_and_access_log(tmp_path: Path, caplog: pytest.LogCaptureFixture
         "status": 200,
     }.items() <= lines[2].items()
     assert lines[0]["status"] == 404 and lines[0]["ms"] >= 0
+
+
+def test_request_bodies_are_bounded(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, rate_limit_token=0, rate_limit_address=0, max_json_bytes=1000
+    )
+    url = "/v1/concepts/a/b/versions/1"
+    with TestClient(create_app(settings)) as client:
+        declared = client.put(
+            url, content=b"x" * 1001, headers={"content-type": "application/json"}
+        )
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "TOO_LARGE"
+
+        def chunks():  # no Content-Length: the limit applies while the body streams in
+            for _ in range(5):
+                yield b"y" * 300
+
+        streamed = client.put(url, content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["code"] == "TOO_LARGE"
+        small = client.put(url, content=b"{}", headers={"content-type": "application/json"})
+        assert small.status_code == 400  # within the limit: the request itself is judged

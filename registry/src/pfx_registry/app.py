@@ -99,6 +99,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         metrics=metrics,
         token_limit=RateLimit(settings.rate_limit_token, 4 * settings.rate_limit_token),
         address_limit=RateLimit(settings.rate_limit_address, 4 * settings.rate_limit_address),
+        body_limit=lambda path: (
+            settings.max_concept_bytes if path.startswith("/v1/blobs/") else settings.max_json_bytes
+        ),
     )
 
     @app.get("/metrics", response_class=PlainTextResponse)

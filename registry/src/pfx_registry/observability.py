@@ -110,12 +110,18 @@ class RequestAccounting:
     """ASGI middleware: refuse over-limit requests with 429, then time, count and log the rest."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, token_limit: RateLimit, address_limit: RateLimit
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        token_limit: RateLimit,
+        address_limit: RateLimit,
+        body_limit: Callable[[str], int],
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.token_limit = token_limit
         self.address_limit = address_limit
+        self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,18 +136,43 @@ class RequestAccounting:
         else:
             wait = self.address_limit.retry_after("a:" + client, time.monotonic())
         status = 500
+        limit = self.body_limit(scope["path"])
+        declared = _header(scope, b"content-length")
         if wait > 0:
             status = 429
-            await _too_many(send, wait)
+            await _refuse(
+                send,
+                429,
+                "RATE_LIMITED",
+                f"too many requests; retry in {_seconds(wait)} s",
+                [(b"retry-after", str(_seconds(wait)).encode())],
+            )
+        elif declared is not None and declared.isdigit() and int(declared) > limit:
+            status = 413
+            await _refuse(send, 413, "TOO_LARGE", f"the body exceeds {limit} bytes")
         else:
+            started_response = refused = False
+            received = 0
 
             async def send_and_record(message: Message) -> None:
-                nonlocal status
+                nonlocal status, started_response
+                if refused:
+                    return  # the 413 has been sent; whatever the app answers is dropped
                 if message["type"] == "http.response.start":
-                    status = message["status"]
+                    status, started_response = message["status"], True
                 await send(message)
 
-            await self.app(scope, receive, send_and_record)
+            async def receive_bounded() -> Message:
+                nonlocal received, refused, status
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > limit and not started_response and not refused:
+                    refused, status = True, 413
+                    await _refuse(send, 413, "TOO_LARGE", f"the body exceeds {limit} bytes")
+                    return {"type": "http.disconnect"}
+                return message
+
+            await self.app(scope, receive_bounded, send_and_record)
         route = getattr(scope.get("route"), "path", "unmatched")
         seconds = time.perf_counter() - started
         self.metrics.observe(scope["method"], route, status, seconds)
@@ -167,19 +198,26 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _too_many(send: Send, wait: float) -> None:
-    seconds = max(1, math.ceil(wait))
-    body = json.dumps(
-        {"error": {"code": "RATE_LIMITED", "message": f"too many requests; retry in {seconds} s"}}
-    ).encode()
+def _seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 429,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(seconds).encode()),
+                *headers,
             ],
         }
     )
