@@ -346,3 +346,24 @@ def test_errors_have_one_shape(world: World) -> None:
         response = world.client.request(method, url)
         assert response.status_code == status, url
         assert set(response.json()) == {"error"} and response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("world", ["s3+sqlite"], indirect=True)
+def test_s3_downloads_can_redirect_to_a_presigned_url(world: World) -> None:
+    import httpx
+
+    alice = world.user("alice")
+    data = concept_bytes(40)
+    world.push(alice, "alice/c:1", data)
+    registry = world.client.app.state.registry
+    registry.settings = replace(registry.settings, s3_redirect=True)
+    response = world.client.get(
+        "/v1/concepts/alice/c/versions/1/file", headers=world.auth(alice), follow_redirects=False
+    )
+    assert response.status_code == 307
+    location = response.headers["location"]
+    assert location.startswith(world.settings.s3_endpoint) and "Expires=" in location
+    assert httpx.get(location).content == data
+    assert world.client.get("/v1/concepts/alice/c").status_code == 404  # still private
+    counted = world.client.get("/v1/concepts/alice/c", headers=world.auth(alice)).json()
+    assert counted["downloads"] == 1

@@ -117,6 +117,7 @@ async def put_blob(
     def index() -> None:
         with registry.engine.begin() as connection:
             service.record_blob(connection, caller, digest, len(data), concept)
+            service.audit(connection, caller, "blob.upload", digest, size=len(data))
 
     await run_in_threadpool(index)
     return {"digest": digest, "size": len(data), "media_type": pf.MEDIA_TYPE}
