@@ -367,3 +367,39 @@ def test_s3_downloads_can_redirect_to_a_presigned_url(world: World) -> None:
     assert world.client.get("/v1/concepts/alice/c").status_code == 404  # still private
     counted = world.client.get("/v1/concepts/alice/c", headers=world.auth(alice)).json()
     assert counted["downloads"] == 1
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(32)
+
+
+def test_previews(world: World) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    world.push(alice, "alice/c:1", concept_bytes(41))
+    url = "/v1/concepts/alice/c/previews"
+    added = world.client.post(
+        url, content=PNG, headers={**world.auth(alice), "content-type": "image/jpeg"}
+    )
+    assert added.status_code == 201 and added.json()["media_type"] == "image/png"  # read from bytes
+    assert (
+        world.client.post(url, content=WEBP, headers=world.auth(alice)).json()["media_type"]
+        == "image/webp"
+    )
+    text = world.client.post(url, content=b"<svg/>", headers=world.auth(alice))
+    assert text.status_code == 415 and text.json()["error"]["code"] == "UNSUPPORTED_MEDIA"
+    big = world.client.post(url, content=PNG + bytes(1024 * 1024), headers=world.auth(alice))
+    assert big.status_code == 413
+    assert (
+        world.client.post(url, content=PNG, headers=world.auth(bob)).status_code == 404
+    )  # private
+    listed = world.client.get("/v1/concepts/alice/c", headers=world.auth(alice)).json()["previews"]
+    assert [p["media_type"] for p in listed] == ["image/png", "image/webp"]
+    image = world.client.get(listed[0]["url"], headers=world.auth(alice))
+    assert image.content == PNG
+    assert world.client.get(listed[0]["url"], headers=world.auth(bob)).status_code == 404
+    digest = listed[0]["digest"]
+    assert world.client.delete(f"{url}/{digest}", headers=world.auth(alice)).status_code == 204
+    assert (
+        len(world.client.get("/v1/concepts/alice/c", headers=world.auth(alice)).json()["previews"])
+        == 1
+    )

@@ -100,7 +100,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         token_limit=RateLimit(settings.rate_limit_token, 4 * settings.rate_limit_token),
         address_limit=RateLimit(settings.rate_limit_address, 4 * settings.rate_limit_address),
         body_limit=lambda path: (
-            settings.max_concept_bytes if path.startswith("/v1/blobs/") else settings.max_json_bytes
+            settings.max_concept_bytes
+            if path.startswith("/v1/blobs/")
+            else settings.max_preview_bytes
+            if path.endswith("/previews")
+            else settings.max_json_bytes
         ),
     )
 

@@ -157,6 +157,16 @@ tags = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, default=utcnow),
 )
 
+previews = Table(
+    "previews",
+    metadata,
+    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", ForeignKey("blobs.digest"), primary_key=True),
+    Column("media_type", String(32), nullable=False),
+    _created(),
+)
+Index("previews_digest", previews.c.digest)
+
 audit_log = Table(
     "audit_log",
     metadata,

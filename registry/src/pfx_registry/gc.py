@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, exists, select
 
-from .db import blobs, utcnow, versions
+from .db import blobs, previews, utcnow, versions
 from .state import Registry
 
 __all__ = ["CollectionReport", "collect_garbage"]
@@ -34,7 +34,8 @@ def collect_garbage(
     """Remove blobs unreferenced for longer than ``grace``; return what was removed."""
     cutoff = utcnow() - grace
     unreferenced_query = select(blobs.c.digest).where(
-        ~exists().where(versions.c.digest == blobs.c.digest)
+        ~exists().where(versions.c.digest == blobs.c.digest),
+        ~exists().where(previews.c.digest == blobs.c.digest),
     )
     with registry.engine.begin() as connection:
         candidates = [
@@ -53,7 +54,9 @@ def collect_garbage(
         with registry.engine.begin() as connection:
             gone = connection.execute(
                 delete(blobs).where(
-                    blobs.c.digest == digest, ~exists().where(versions.c.digest == digest)
+                    blobs.c.digest == digest,
+                    ~exists().where(versions.c.digest == digest),
+                    ~exists().where(previews.c.digest == digest),
                 )
             ).rowcount
         if gone:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,7 @@ from .db import (
     accounts,
     concept_files,
     memberships,
+    previews,
     repositories,
     signing_keys,
     tags,
@@ -116,7 +117,7 @@ async def put_blob(
 
     def index() -> None:
         with registry.engine.begin() as connection:
-            service.record_blob(connection, caller, digest, len(data), concept)
+            service.record_blob(connection, caller, digest, len(data), pf.MEDIA_TYPE, concept)
             service.audit(connection, caller, "blob.upload", digest, size=len(data))
 
     await run_in_threadpool(index)
@@ -203,10 +204,16 @@ def get_repository(
         .where(tags.c.repository_id == repository.id)
         .order_by(tags.c.tag)
     ).all()
+    images = connection.execute(
+        select(previews.c.digest, previews.c.media_type)
+        .where(previews.c.repository_id == repository.id)
+        .order_by(previews.c.created_at, previews.c.digest)
+    ).all()
     return {
         "namespace": ns,
         "name": name,
         "private": repository.private,
+        "previews": [{"digest": d, "media_type": t, "url": f"/v1/blobs/{d}"} for d, t in images],
         "description": repository.description,
         "labels": repository.labels.split(),
         "downloads": repository.downloads,
@@ -380,6 +387,81 @@ def list_repositories(ns: str, connection: ConnectionDep, caller: CallerDep) -> 
             {"name": row.name, "private": row.private, "downloads": row.downloads} for row in rows
         ],
     }
+
+
+_IMAGE_TYPES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+MAX_PREVIEWS = 8
+
+
+def image_type(data: bytes) -> str | None:
+    """The media type the bytes themselves show (PNG, JPEG or WebP), or None."""
+    for magic, media_type in _IMAGE_TYPES:
+        if data.startswith(magic):
+            return media_type
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@router.post("/concepts/{ns}/{name}/previews", status_code=201)
+async def add_preview(
+    ns: str, name: str, request: Request, registry: RegistryDep, caller: CallerDep
+) -> dict[str, Any]:
+    """Attach a preview image (PNG, JPEG or WebP, at most 1 MB; its type is read from the bytes,
+    never from a header) to a repository (writers)."""
+    data = await _read_body(request, registry.settings.max_preview_bytes)
+    media_type = image_type(data)
+    if media_type is None:
+        raise RegistryError(415, Code.UNSUPPORTED_MEDIA, "previews are PNG, JPEG or WebP images")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def attach() -> dict[str, Any]:
+        with registry.engine.begin() as connection:
+            _, repository = service.writable_repository(connection, caller, ns, name)
+            if repository is None:
+                raise not_found(f"concept {ns}/{name}")
+            count = connection.execute(
+                select(func.count()).where(previews.c.repository_id == repository.id)
+            ).scalar_one()
+            if count >= MAX_PREVIEWS:
+                raise RegistryError(409, Code.TOO_MANY, f"at most {MAX_PREVIEWS} previews")
+            registry.blobs.put(digest, data)
+            service.record_blob(connection, caller, digest, len(data), media_type)
+            try:
+                with connection.begin_nested():
+                    connection.execute(
+                        insert(previews).values(
+                            repository_id=repository.id, digest=digest, media_type=media_type
+                        )
+                    )
+            except IntegrityError:
+                pass  # the same image again
+            service.audit(connection, caller, "preview.add", f"{ns}/{name}", digest=digest)
+        return {"digest": digest, "media_type": media_type, "size": len(data)}
+
+    return await run_in_threadpool(attach)
+
+
+@router.delete("/concepts/{ns}/{name}/previews/{digest}", status_code=204)
+def remove_preview(
+    ns: str, name: str, digest: str, connection: ConnectionDep, caller: CallerDep
+) -> Response:
+    """Detach a preview image (its blob is collected by gc)."""
+    _, repository = service.writable_repository(connection, caller, ns, name)
+    if repository is None:
+        raise not_found(f"concept {ns}/{name}")
+    gone = connection.execute(
+        delete(previews).where(
+            previews.c.repository_id == repository.id, previews.c.digest == _digest(digest)
+        )
+    ).rowcount
+    if not gone:
+        raise not_found(f"preview {digest}")
+    service.audit(connection, caller, "preview.remove", f"{ns}/{name}", digest=digest)
+    return Response(status_code=204)
 
 
 # -- accounts, organizations, tokens, keys, policy ------------------------------------------------

@@ -25,6 +25,7 @@ from .db import (
     audit_log,
     blobs,
     concept_files,
+    previews,
     repositories,
     signing_keys,
     tags,
@@ -132,10 +133,12 @@ def blob_visible(connection: Connection, caller: Caller, digest: str) -> Row[Any
         return None
     if caller.user_id is not None and blob.uploaded_by == caller.user_id:
         return blob
+    by_version = select(versions.c.repository_id).where(versions.c.digest == digest)
+    by_preview = select(previews.c.repository_id).where(previews.c.digest == digest)
     referencing = connection.execute(
-        select(repositories.c.namespace_id, repositories.c.private)
-        .join(versions, versions.c.repository_id == repositories.c.id)
-        .where(versions.c.digest == digest)
+        select(repositories.c.namespace_id, repositories.c.private).where(
+            or_(repositories.c.id.in_(by_version), repositories.c.id.in_(by_preview))
+        )
     ).all()
     for namespace_id, private in referencing:
         if not private or at_least(role_in(connection, caller, namespace_id), "reader"):
@@ -144,10 +147,14 @@ def blob_visible(connection: Connection, caller: Caller, digest: str) -> Row[Any
 
 
 def record_blob(
-    connection: Connection, caller: Caller, digest: str, size: int, concept: pf.Concept | None
+    connection: Connection,
+    caller: Caller,
+    digest: str,
+    size: int,
+    media_type: str,
+    concept: pf.Concept | None = None,
 ) -> None:
     """Index a stored blob and, for a concept, what the server read from it (idempotent)."""
-    media_type = CONCEPT_MEDIA_TYPE if concept is not None else "application/octet-stream"
     present = connection.execute(select(blobs.c.digest).where(blobs.c.digest == digest)).first()
     if present is None:
         try:
