@@ -195,10 +195,12 @@ def test_private_repositories_answer_404_to_outsiders(world: World) -> None:
         assert [c["name"] for c in listed] == ["open"]
         found = world.client.get("/v1/search", params={"q": "teapot"}, headers=headers).json()
         assert all(r["name"] != "secret" for r in found["results"])
-        write = world.client.put(
-            "/v1/concepts/alice/secret/versions/2", json={"digest": digest}, headers=headers
-        )
-        assert write.status_code == 404
+        # writes: anonymous callers get 401 and outsiders 404, for private and absent alike
+        for name in ("secret", "nothing-here"):
+            write = world.client.put(
+                f"/v1/concepts/alice/{name}/versions/2", json={"digest": digest}, headers=headers
+            )
+            assert write.status_code == (401 if token is None else 404), (name, token)
     assert world.client.get("/v1/concepts/alice/open/versions/1/file").status_code == 200
 
 

@@ -1,8 +1,8 @@
 """pfx_registry — the concept registry service (FastAPI on uvicorn).
 
-What exists today: the application factory, a health endpoint, and a validation endpoint that
-checks an uploaded concept file with :mod:`perfusion_format` and returns what the server itself
-reads from it. Storage, the index and access control arrive with the registry issue.
+Blobs in a local folder or any S3-compatible service, the index in SQLite or PostgreSQL;
+:func:`create_app` builds the application, ``pfx-registry`` runs and administers it. The API is
+specified in spec/registry-api.md.
 """
 
 from .app import create_app

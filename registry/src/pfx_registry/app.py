@@ -34,6 +34,7 @@ _STATUS_CODES = {
     401: Code.UNAUTHORIZED,
     403: Code.FORBIDDEN,
     404: Code.NOT_FOUND,
+    405: Code.METHOD_NOT_ALLOWED,
 }
 
 

@@ -101,6 +101,15 @@ blobs = Table(
     _created(),
 )
 
+# Who uploaded which bytes: each of them may publish the blob and see it.
+blob_uploads = Table(
+    "blob_uploads",
+    metadata,
+    Column("digest", ForeignKey("blobs.digest", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    _created(),
+)
+
 # What the server read from a concept file (one row per concept blob).
 concept_files = Table(
     "concept_files",

@@ -4,13 +4,14 @@ organizations, tokens, signing keys and namespace policy. spec/registry-api.md d
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -30,7 +31,7 @@ from .db import (
     tokens,
     versions,
 )
-from .errors import Code, RegistryError, not_found
+from .errors import BackendUnavailable, Code, RegistryError, not_found
 from .state import CallerDep, ConnectionDep, RegistryDep
 
 router = APIRouter(prefix="/v1")
@@ -86,8 +87,12 @@ def _send_blob(registry: Any, digest: str, size: int, media_type: str) -> Respon
         url = registry.blobs.presigned_url(digest, settings.presign_seconds)
         if url is not None:
             return RedirectResponse(url, status_code=307)
+    try:
+        chunks = registry.blobs.stream(digest)
+    except FileNotFoundError:
+        raise BackendUnavailable(f"the bytes of {digest} are missing from the blob store") from None
     return StreamingResponse(
-        registry.blobs.stream(digest),
+        chunks,
         media_type=media_type,
         headers={"Content-Length": str(size), "Docker-Content-Digest": digest},
     )
@@ -100,12 +105,9 @@ async def put_blob(
     """Upload a concept file. The server computes the sha256 itself, validates the file with
     perfusion_format, stores it, and only then indexes it; a refused upload leaves nothing."""
     _digest(digest)
-    if caller.anonymous or caller.scope == "read":
-        raise RegistryError(
-            401 if caller.anonymous else 403,
-            Code.UNAUTHORIZED if caller.anonymous else Code.FORBIDDEN,
-            "uploading needs a token with write scope",
-        )
+    service.require_token(caller, "uploading")
+    if caller.scope == "read":
+        raise RegistryError(403, Code.FORBIDDEN, "uploading needs a token with write scope")
     data = await _read_body(request, registry.settings.max_concept_bytes)
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != digest:
@@ -135,6 +137,19 @@ class PublishRequest(BaseModel):
     private: bool | None = None
     description: str | None = Field(default=None, max_length=65536)
     labels: list[str] | None = None
+
+
+_LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+
+
+def _check_labels(labels: list[str] | None) -> None:
+    """Labels are up to 16 lowercase words (letters, digits, ``.``, ``_``, ``-``)."""
+    if labels is None:
+        return
+    if len(labels) > 16:
+        raise RegistryError(400, Code.BAD_REQUEST, "at most 16 labels")
+    for label in labels:
+        service.check_name("label", label, _LABEL)
 
 
 def _version_json(ns: str, name: str, row: Any) -> dict[str, Any]:
@@ -169,6 +184,7 @@ def publish_version(
     response: Response,
 ) -> dict[str, Any]:
     """Publish an uploaded concept as an immutable version (201; 200 when it already was)."""
+    _check_labels(body.labels)
     result = service.publish(
         connection,
         caller,
@@ -183,7 +199,7 @@ def publish_version(
     )
     response.status_code = 201 if result.created else 200
     repository = service.readable_repository(connection, caller, ns, name)
-    return _version_json(ns, name, service.resolve(connection, repository, version))
+    return _version_json(ns, name, service.version(connection, repository, version))
 
 
 @router.get("/concepts/{ns}/{name}")
@@ -330,6 +346,7 @@ def update_repository(
     ns: str, name: str, body: RepositoryUpdate, connection: ConnectionDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Change visibility (admin of the namespace), description or labels (writer)."""
+    _check_labels(body.labels)
     needed = "admin" if body.private is not None else "writer"
     _, repository = service.writable_repository(connection, caller, ns, name, needed)
     if repository is None:
@@ -412,6 +429,7 @@ async def add_preview(
 ) -> dict[str, Any]:
     """Attach a preview image (PNG, JPEG or WebP, at most 1 MB; its type is read from the bytes,
     never from a header) to a repository (writers)."""
+    service.require_token(caller, "adding a preview")
     data = await _read_body(request, registry.settings.max_preview_bytes)
     media_type = image_type(data)
     if media_type is None:
@@ -423,10 +441,12 @@ async def add_preview(
             _, repository = service.writable_repository(connection, caller, ns, name)
             if repository is None:
                 raise not_found(f"concept {ns}/{name}")
-            count = connection.execute(
-                select(func.count()).where(previews.c.repository_id == repository.id)
-            ).scalar_one()
-            if count >= MAX_PREVIEWS:
+            attached = set(
+                connection.execute(
+                    select(previews.c.digest).where(previews.c.repository_id == repository.id)
+                ).scalars()
+            )
+            if digest not in attached and len(attached) >= MAX_PREVIEWS:
                 raise RegistryError(409, Code.TOO_MANY, f"at most {MAX_PREVIEWS} previews")
             registry.blobs.put(digest, data)
             service.record_blob(connection, caller, digest, len(data), media_type)
@@ -490,6 +510,7 @@ def _create_account(connection: Connection, name: str, kind: str, admin: bool = 
 @router.post("/users", status_code=201)
 def create_user(body: NewUser, connection: ConnectionDep, caller: CallerDep) -> dict[str, Any]:
     """Create a user (registry administrators only)."""
+    service.require_token(caller, "creating a user")
     if not (caller.is_admin and caller.scope == "admin"):
         raise RegistryError(403, Code.FORBIDDEN, "only registry administrators create users")
     user_id = _create_account(connection, body.name, "user", body.admin)
@@ -514,13 +535,7 @@ def create_organization(
     body: NewOrganization, connection: ConnectionDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Create an organization; its creator becomes its admin."""
-    if caller.anonymous:
-        raise RegistryError(
-            401,
-            Code.UNAUTHORIZED,
-            "creating an organization needs a token",
-            {"WWW-Authenticate": "Bearer"},
-        )
+    service.require_token(caller, "creating an organization")
     if caller.scope not in ("write", "admin"):
         raise RegistryError(403, Code.FORBIDDEN, "creating an organization needs a write token")
     org_id = _create_account(connection, body.name, "org")
@@ -539,6 +554,7 @@ class Membership(BaseModel):
 
 
 def _org_for_admin(connection: Connection, caller: Caller, org: str) -> Any:
+    service.require_token(caller, f"managing {org}")
     owner = service.namespace(connection, org)
     if owner.kind != "org":
         raise not_found(f"organization {org}")
@@ -655,7 +671,11 @@ def list_tokens(connection: ConnectionDep, caller: CallerDep) -> dict[str, Any]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, connection: ConnectionDep, caller: CallerDep) -> Response:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    connection: ConnectionDep,
+    caller: CallerDep,
+) -> Response:
     """Revoke one of the caller's tokens."""
     if caller.anonymous:
         raise RegistryError(
@@ -679,13 +699,14 @@ def revoke_token(token_id: int, connection: ConnectionDep, caller: CallerDep) ->
 class NewKey(BaseModel):
     """Body of a key registration: the raw Ed25519 public key in base64, or its PEM."""
 
-    public_key: str
-    name: str = ""
+    public_key: str = Field(max_length=4096)
+    name: str = Field(default="", max_length=128)
 
 
 @router.post("/namespaces/{ns}/keys", status_code=201)
 def add_key(ns: str, body: NewKey, connection: ConnectionDep, caller: CallerDep) -> dict[str, str]:
     """Register a signing key for a namespace (its admins)."""
+    service.require_token(caller, f"registering a key for {ns}")
     owner = service.namespace(connection, ns)
     if not at_least(role_in(connection, caller, owner.id), "admin"):
         raise RegistryError(403, Code.FORBIDDEN, f"only admins of {ns} register keys")
@@ -715,7 +736,7 @@ def add_key(ns: str, body: NewKey, connection: ConnectionDep, caller: CallerDep)
 
 
 @router.get("/namespaces/{ns}/keys")
-def list_keys(ns: str, connection: ConnectionDep) -> dict[str, Any]:
+def list_keys(ns: str, connection: ConnectionDep, _caller: CallerDep) -> dict[str, Any]:
     """A namespace's registered signing keys (public)."""
     owner = service.namespace(connection, ns)
     rows = connection.execute(
@@ -740,6 +761,7 @@ def set_policy(
     ns: str, body: Policy, connection: ConnectionDep, caller: CallerDep
 ) -> dict[str, bool]:
     """Require signatures by the namespace's keys on every publish; protect tags from moves."""
+    service.require_token(caller, f"setting the policy of {ns}")
     owner = service.namespace(connection, ns)
     if not at_least(role_in(connection, caller, owner.id), "admin"):
         raise RegistryError(403, Code.FORBIDDEN, f"only admins of {ns} set its policy")
@@ -752,7 +774,7 @@ def set_policy(
 
 
 @router.get("/namespaces/{ns}/policy")
-def get_policy(ns: str, connection: ConnectionDep) -> dict[str, bool]:
+def get_policy(ns: str, connection: ConnectionDep, _caller: CallerDep) -> dict[str, bool]:
     """A namespace's policy (public)."""
     owner = service.namespace(connection, ns)
     return {"require_signatures": owner.require_signatures, "protected_tags": owner.protected_tags}

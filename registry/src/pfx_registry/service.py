@@ -23,6 +23,7 @@ from .auth import Caller, at_least, role_in
 from .db import (
     accounts,
     audit_log,
+    blob_uploads,
     blobs,
     concept_files,
     previews,
@@ -102,36 +103,50 @@ def readable_repository(connection: Connection, caller: Caller, ns: str, name: s
     return repository
 
 
-def _deny(caller: Caller, what: str) -> RegistryError:
+def require_token(caller: Caller, what: str) -> None:
+    """401 (with WWW-Authenticate) for anonymous callers of an endpoint that needs a token."""
     if caller.anonymous:
-        return RegistryError(
+        raise RegistryError(
             401, Code.UNAUTHORIZED, f"{what} needs a token", {"WWW-Authenticate": "Bearer"}
         )
-    return RegistryError(403, Code.FORBIDDEN, f"{what} is not allowed with this token")
 
 
 def writable_repository(
     connection: Connection, caller: Caller, ns: str, name: str, needed: str = "writer"
 ) -> tuple[Row[Any], Row[Any] | None]:
     """The namespace and (possibly absent) repository, when the caller has ``needed`` in the
-    namespace. A private repository the caller cannot read still answers 404."""
+    namespace.
+
+    Nothing about a repository's existence leaks through writes: anonymous callers get 401
+    whether it exists or not; callers who may not read the namespace's private repositories get
+    404 for a private repository and for an absent one alike; only for a public repository (which
+    everyone sees) does a missing role answer 403.
+    """
+    require_token(caller, f"changing {ns}/{name}")
     owner = namespace(connection, ns)
     repository = _repository(connection, owner.id, name)
     role = role_in(connection, caller, owner.id)
-    if repository is not None and repository.private and not at_least(role, "reader"):
+    if at_least(role, needed):
+        return owner, repository
+    if not at_least(role, "reader") and (repository is None or repository.private):
         raise not_found(f"concept {ns}/{name}")
-    if not at_least(role, needed):
-        raise _deny(caller, f"changing {ns}/{name}")
-    return owner, repository
+    raise RegistryError(403, Code.FORBIDDEN, f"changing {ns}/{name} needs the {needed} role")
 
 
 def blob_visible(connection: Connection, caller: Caller, digest: str) -> Row[Any] | None:
-    """The blob row if the caller may see it: uploaded by them, or referenced by a version of a
-    repository they may read."""
+    """The blob row if the caller may see it: uploaded by them (having sent the bytes, they have
+    them), or referenced by a version or preview of a repository they may read."""
     blob = connection.execute(select(blobs).where(blobs.c.digest == digest)).first()
     if blob is None:
         return None
-    if caller.user_id is not None and blob.uploaded_by == caller.user_id:
+    if (
+        caller.user_id is not None
+        and connection.execute(
+            select(blob_uploads.c.digest).where(
+                blob_uploads.c.digest == digest, blob_uploads.c.account_id == caller.user_id
+            )
+        ).first()
+    ):
         return blob
     by_version = select(versions.c.repository_id).where(versions.c.digest == digest)
     by_preview = select(previews.c.repository_id).where(previews.c.digest == digest)
@@ -166,14 +181,16 @@ def record_blob(
                 )
                 if concept is not None:
                     connection.execute(insert(concept_files).values(**_facts(digest, concept)))
-        except IntegrityError:  # a concurrent upload of the same bytes won
-            return
-    elif caller.user_id is not None:
-        connection.execute(
-            update(blobs)
-            .where(blobs.c.digest == digest, blobs.c.uploaded_by.is_(None))
-            .values(uploaded_by=caller.user_id)
-        )
+        except IntegrityError:
+            pass  # a concurrent upload of the same bytes won
+    if caller.user_id is not None:
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    insert(blob_uploads).values(digest=digest, account_id=caller.user_id)
+                )
+        except IntegrityError:
+            pass  # uploaded by this account before
 
 
 def _facts(digest: str, concept: pf.Concept) -> dict[str, Any]:
@@ -262,7 +279,11 @@ def publish(
         audit(connection, caller, "repository.create", f"{ns}/{name}")
     else:
         changes: dict[str, Any] = {"updated_at": now}
-        if private is not None:
+        if private is not None and private != repository.private:
+            if not at_least(role_in(connection, caller, owner.id), "admin"):
+                raise RegistryError(
+                    403, Code.FORBIDDEN, f"changing the visibility of {ns}/{name} needs admin"
+                )
             changes["private"] = private
         if description is not None:
             changes["description"] = description
@@ -316,7 +337,9 @@ def move_tag(
     check_reference("tag", tag)
     target = connection.execute(
         select(versions.c.id).where(
-            versions.c.repository_id == repository.id, versions.c.version == version
+            versions.c.repository_id == repository.id,
+            versions.c.version == version,
+            versions.c.yanked_at.is_(None),
         )
     ).scalar()
     if target is None:
@@ -374,6 +397,19 @@ def resolve(connection: Connection, repository: Row[Any], reference: str) -> Row
         ).first()
     if row is None:
         raise not_found(f"{reference} in {repository.name}")
+    return row
+
+
+def version(connection: Connection, repository: Row[Any], name: str) -> Row[Any]:
+    """The version called ``name``, yanked or not (404 when there is none)."""
+    row = connection.execute(
+        select(versions, concept_files, blobs.c.size)
+        .join(concept_files, concept_files.c.digest == versions.c.digest)
+        .join(blobs, blobs.c.digest == versions.c.digest)
+        .where(versions.c.repository_id == repository.id, versions.c.version == name)
+    ).first()
+    if row is None:
+        raise not_found(f"version {name}")
     return row
 
 
