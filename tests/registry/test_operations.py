@@ -32,8 +32,14 @@ def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
         limited = client.get("/healthz")
         assert limited.json()["error"]["code"] == "RATE_LIMITED"
         assert int(limited.headers["retry-after"]) >= 1
-        # a token has a bucket of its own (an unknown token is then refused with 401)
-        assert client.get("/healthz", headers={"Authorization": "Bearer pfx_x"}).status_code == 200
+        # a made-up token does not escape the address's limit
+        assert client.get("/healthz", headers={"Authorization": "Bearer pfx_x"}).status_code == 429
+    per_token = Settings(data_dir=tmp_path / "t", rate_limit_token=1.0, rate_limit_address=100.0)
+    with TestClient(create_app(per_token)) as client:
+        headers = {"Authorization": "Bearer pfx_x"}
+        statuses = [client.get("/healthz", headers=headers).status_code for _ in range(5)]
+        assert statuses == [200] * 4 + [429]  # the token's own bucket
+        assert client.get("/healthz").status_code == 200  # the address still has room
 
 
 def test_metrics_and_access_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -130,11 +130,13 @@ class RequestAccounting:
         started = time.perf_counter()
         client = (scope.get("client") or ("-", 0))[0]
         authorization = _header(scope, b"authorization")
-        if authorization:
+        now = time.monotonic()
+        # Every request spends from its address's bucket (so made-up tokens cannot escape the
+        # address limit); a request with a token also spends from the token's own bucket.
+        wait = self.address_limit.retry_after("a:" + client, now)
+        if authorization and wait == 0:
             key = "t:" + hashlib.sha256(authorization).hexdigest()[:32]
-            wait = self.token_limit.retry_after(key, time.monotonic())
-        else:
-            wait = self.address_limit.retry_after("a:" + client, time.monotonic())
+            wait = self.token_limit.retry_after(key, now)
         status = 500
         limit = self.body_limit(scope["path"])
         declared = _header(scope, b"content-length")
