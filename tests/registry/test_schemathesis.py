@@ -86,7 +86,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerErrors, st
     """A registry on a folder and SQLite with an administrator's token and one published public
     concept (root/teddy:1), wrapped in :class:`ServerErrors`."""
     data: Path = tmp_path_factory.mktemp("schemathesis")
-    app = create_app(Settings(data_dir=data))
+    app = create_app(Settings(data_dir=data, rate_limit_token=0, rate_limit_address=0))
     engine = app.state.registry.engine
     upgrade(engine)
     admin = new_token()

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 import perfusion_format as pf
@@ -63,6 +64,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def index_unavailable(_request: Request, error: OperationalError) -> JSONResponse:
         message = f"the index is unavailable ({type(error.orig).__name__})"
+        return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+
+    @app.exception_handler(PoolTimeout)
+    async def index_busy(_request: Request, _error: PoolTimeout) -> JSONResponse:
+        message = "the index is busy: no connection became free"
         return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)

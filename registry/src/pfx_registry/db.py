@@ -188,13 +188,28 @@ audit_log = Table(
 )
 
 
+#: Connections per process. A request holds its connection across the worker threads its
+#: dependencies and route run on, so the pool must be at least as large as the server's thread
+#: pool (anyio's default of 40): with fewer, threads waiting for a connection can occupy every
+#: thread that a connection holder needs to finish, and the process stalls until the timeout.
+POOL_CONNECTIONS = 48
+#: Seconds to wait for a pooled connection before answering 503.
+POOL_TIMEOUT = 10
+
+
 def create_index_engine(url: str) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://…``).
 
     SQLite gets WAL journaling, foreign keys and a busy timeout on every connection.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=POOL_CONNECTIONS,
+            max_overflow=0,
+            pool_timeout=POOL_TIMEOUT,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -205,4 +220,10 @@ def create_index_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=POOL_CONNECTIONS - 10,
+        pool_timeout=POOL_TIMEOUT,
+    )

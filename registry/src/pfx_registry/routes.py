@@ -32,7 +32,7 @@ from .db import (
     versions,
 )
 from .errors import BackendUnavailable, Code, RegistryError, not_found
-from .state import CallerDep, ConnectionDep, RegistryDep
+from .state import CallerDep, ConnectionDep, RegistryDep, transaction
 
 router = APIRouter(prefix="/v1")
 
@@ -71,11 +71,10 @@ def head_blob(digest: str, connection: ConnectionDep, caller: CallerDep) -> Resp
 
 
 @router.get("/blobs/{digest}")
-def get_blob(
-    digest: str, connection: ConnectionDep, caller: CallerDep, registry: RegistryDep
-) -> Response:
+def get_blob(digest: str, caller: CallerDep, registry: RegistryDep) -> Response:
     """The blob's bytes (streamed, or a redirect to a presigned URL on S3 when configured)."""
-    blob = service.blob_visible(connection, caller, _digest(digest))
+    with transaction(registry) as connection:
+        blob = service.blob_visible(connection, caller, _digest(digest))
     if blob is None:
         raise RegistryError(404, Code.BLOB_UNKNOWN, f"blob {digest} not found")
     return _send_blob(registry, blob.digest, blob.size, blob.media_type)
@@ -261,21 +260,18 @@ def get_version(
 
 @router.get("/concepts/{ns}/{name}/versions/{reference}/file")
 def download(
-    ns: str,
-    name: str,
-    reference: str,
-    connection: ConnectionDep,
-    caller: CallerDep,
-    registry: RegistryDep,
+    ns: str, name: str, reference: str, caller: CallerDep, registry: RegistryDep
 ) -> Response:
-    """The concept file a reference names; counts a download."""
-    repository = service.readable_repository(connection, caller, ns, name)
-    row = service.resolve(connection, repository, reference)
-    connection.execute(
-        update(repositories)
-        .where(repositories.c.id == repository.id)
-        .values(downloads=repositories.c.downloads + 1)
-    )
+    """The concept file a reference names; counts a download (committed before the bytes are
+    sent, so no transaction stays open while they stream)."""
+    with transaction(registry) as connection:
+        repository = service.readable_repository(connection, caller, ns, name)
+        row = service.resolve(connection, repository, reference)
+        connection.execute(
+            update(repositories)
+            .where(repositories.c.id == repository.id)
+            .values(downloads=repositories.c.downloads + 1)
+        )
     return _send_blob(registry, row.digest, row.size, pf.MEDIA_TYPE)
 
 

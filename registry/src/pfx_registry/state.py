@@ -4,20 +4,29 @@ dependencies that hand them to routes: a database transaction and the authentica
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .auth import Caller, authenticate
+from .auth import ANONYMOUS, Caller, authenticate
 from .blobs import BlobStore, FolderBlobStore, S3BlobStore
 from .db import create_index_engine
 from .errors import BackendUnavailable
 from .settings import Settings
 
-__all__ = ["CallerDep", "ConnectionDep", "Registry", "RegistryDep", "open_registry"]
+__all__ = [
+    "CallerDep",
+    "ConnectionDep",
+    "Registry",
+    "RegistryDep",
+    "open_registry",
+    "transaction",
+]
 
 
 @dataclass
@@ -48,8 +57,9 @@ def _registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(_registry)]
 
 
-def _connection(registry: RegistryDep) -> Iterator[Connection]:
-    """One transaction per request: committed when the route returns, rolled back on error."""
+@contextmanager
+def transaction(registry: Registry) -> Iterator[Connection]:
+    """A transaction on the index; backend failures become :class:`BackendUnavailable`."""
     try:
         with registry.engine.begin() as connection:
             yield connection
@@ -57,15 +67,28 @@ def _connection(registry: RegistryDep) -> Iterator[Connection]:
         raise BackendUnavailable(
             f"the index is unavailable ({type(error.orig).__name__})"
         ) from error
+    except PoolTimeout as error:
+        raise BackendUnavailable("the index is busy: no connection became free") from error
+
+
+def _connection(registry: RegistryDep) -> Iterator[Connection]:
+    """One transaction per request: committed when the route returns, rolled back on error.
+
+    Routes that stream a body open :func:`transaction` themselves instead, so that no connection
+    (or SQLite write lock) is held while the bytes are sent.
+    """
+    with transaction(registry) as connection:
+        yield connection
 
 
 ConnectionDep = Annotated[Connection, Depends(_connection)]
 
 
-def _caller(
-    connection: ConnectionDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    return authenticate(connection, authorization)
+def _caller(registry: RegistryDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    if authorization is None:
+        return ANONYMOUS
+    with transaction(registry) as connection:
+        return authenticate(connection, authorization)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
