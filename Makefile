@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements-dev.txt \
 	perfusion_format/pyproject.toml runtime/pyproject.toml registry/pyproject.toml client/pyproject.toml
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install serve test lint format bench bench-registry clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ format: install
 bench: install
 	$(PY) bench/format.py
 	$(PY) bench/runtime.py
+
+# Needs wrk, nginx and pypiserver (see bench/registry.py); about 10 minutes.
+bench-registry: install
+	$(PY) bench/registry.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

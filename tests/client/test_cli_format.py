@@ -7,51 +7,24 @@ absence of tracebacks are what a user sees; the rest calls ``pfx.cli.main`` in-p
 from __future__ import annotations
 
 import json
-import os
 import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
+from cli_runners import PFX, Run, Runner, cli, pfx  # noqa: F401 — fixtures
 from conftest import VECTORS, ConceptFactory
 
 import perfusion_format as pf
-from pfx.cli import main
 
-PFX = Path(sys.executable).with_name("pfx")
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
 _INVALID_MANIFEST = VECTORS / "invalid" / "manifest.json"
 INVALID = json.loads(_INVALID_MANIFEST.read_text())["vectors"] if _INVALID_MANIFEST.exists() else []
 TEST_PUBLIC_KEY = VECTORS / MANIFEST["test_key"]["public_key"]
-
-
-@dataclass(frozen=True)
-class Run:
-    """The outcome of one pfx invocation."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        """stdout parsed as the one JSON object it must be."""
-        return json.loads(self.stdout)
-
-    def assert_error(self, code: str, exit_code: int) -> None:
-        """Failed with ``code``: exactly one ``error[CODE]: …`` line on stderr, no traceback."""
-        assert self.exit_code == exit_code, (self.stdout, self.stderr)
-        assert self.stderr.startswith(f"error[{code}]: "), self.stderr
-        assert self.stderr.count("\n") == 1
-        assert "Traceback" not in self.stderr + self.stdout
-
-
-Runner = Callable[..., Run]
 
 
 @pytest.fixture(autouse=True)
@@ -59,38 +32,6 @@ def _isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys go to a temporary config folder; no debug tracebacks."""
     monkeypatch.setenv("PFX_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("PFX_DEBUG", raising=False)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Runner:
-    """Run ``pfx ARGS…`` in this process through ``pfx.cli.main``."""
-
-    def run(*args: object) -> Run:
-        capsys.readouterr()
-        exit_code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return Run(exit_code, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def pfx() -> Runner:
-    """Run the installed ``pfx`` console script in a subprocess."""
-    assert PFX.exists(), f"the pfx console script is not installed at {PFX}"
-
-    def run(*args: object, env: dict[str, str] | None = None) -> Run:
-        completed = subprocess.run(
-            [str(PFX), *map(str, args)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **(env or {})},
-            timeout=60,
-            check=False,
-        )
-        return Run(completed.returncode, completed.stdout, completed.stderr)
-
-    return run
 
 
 @pytest.fixture

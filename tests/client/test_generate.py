@@ -8,51 +8,25 @@ sees. Every run uses 2 steps at 32×32.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from cli_runners import PFX, Run, Runner, cli, pfx  # noqa: F401 — fixtures
 from conftest import VECTORS
 from PIL import Image
 
 import perfusion_format as pf
-from pfx.cli import main
 
-PFX = Path(sys.executable).with_name("pfx")
 SD1_VECTOR = VECTORS / "sd1-fp16.perfusion.safetensors"
 CAPTIONS = ["a photo of a teddy bear", "a teapot on a table", "a red car in the garden"]
 FAST = ("--steps", "2", "--size", "32x32")
-
-
-@dataclass(frozen=True)
-class Run:
-    """The outcome of one pfx invocation."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def assert_error(self, code: str, exit_code: int) -> None:
-        """Failed with ``code``: exactly one ``error[CODE]: …`` line on stderr, no traceback."""
-        assert self.exit_code == exit_code, (self.stdout, self.stderr)
-        assert self.stderr.startswith(f"error[{code}]: "), self.stderr
-        assert self.stderr.count("\n") == 1, self.stderr
-        assert "Traceback" not in self.stderr + self.stdout
-
-
-Runner = Callable[..., Run]
 
 
 @dataclass(frozen=True)
@@ -111,38 +85,6 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PFX_DEBUG", raising=False)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Runner:
-    """Run ``pfx ARGS…`` in this process through ``pfx.cli.main``."""
-
-    def run(*args: object) -> Run:
-        capsys.readouterr()
-        exit_code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return Run(exit_code, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def pfx() -> Runner:
-    """Run the installed ``pfx`` console script in a subprocess."""
-    assert PFX.exists(), f"the pfx console script is not installed at {PFX}"
-
-    def run(*args: object) -> Run:
-        completed = subprocess.run(
-            [str(PFX), *map(str, args)],
-            capture_output=True,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != "PFX_DEBUG"},
-            timeout=120,
-            check=False,
-        )
-        return Run(completed.returncode, completed.stdout, completed.stderr)
-
-    return run
 
 
 def _generate(files: Files, out: Path, *extra: object, concepts: tuple[Path, ...] = ()) -> list:

@@ -71,6 +71,24 @@ class World:
         )
 
 
+def migrate_and_add_administrator(engine: sqlalchemy.Engine) -> str:
+    """Bring the index up to date, add the registry administrator ``root``; its admin token."""
+    upgrade(engine)
+    admin = new_token()
+    with engine.begin() as connection:
+        admin_id = connection.execute(
+            sqlalchemy.insert(accounts)
+            .values(name="root", kind="user", is_admin=True)
+            .returning(accounts.c.id)
+        ).scalar_one()
+        connection.execute(
+            sqlalchemy.insert(tokens).values(
+                user_id=admin_id, name="root", secret_hash=hash_token(admin), scope="admin"
+            )
+        )
+    return admin
+
+
 @pytest.fixture(params=["folder+sqlite", "s3+postgres", "folder+postgres", "s3+sqlite"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     blobs, index = request.param.split("+")
@@ -86,19 +104,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         settings = replace(settings, database_url=url)
     app = create_app(settings)
     engine = app.state.registry.engine
-    upgrade(engine)
-    admin = new_token()
-    with engine.begin() as connection:
-        admin_id = connection.execute(
-            sqlalchemy.insert(accounts)
-            .values(name="root", kind="user", is_admin=True)
-            .returning(accounts.c.id)
-        ).scalar_one()
-        connection.execute(
-            sqlalchemy.insert(tokens).values(
-                user_id=admin_id, name="root", secret_hash=hash_token(admin), scope="admin"
-            )
-        )
+    admin = migrate_and_add_administrator(engine)
     with TestClient(app) as client:
         yield World(client, settings, admin)
     engine.dispose()

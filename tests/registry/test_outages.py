@@ -21,12 +21,10 @@ import pytest
 import sqlalchemy
 from backends import POSTGRES_SCRIPT, S3Server, start_postgres, stop_postgres
 from fastapi.testclient import TestClient
-from test_api import World, concept_bytes, world  # noqa: F401  (world: the backends fixture)
+from test_api import World, concept_bytes, migrate_and_add_administrator, world  # noqa: F401  (world: the backends fixture)
 
 from pfx_registry.app import create_app
-from pfx_registry.auth import hash_token, new_token
-from pfx_registry.db import accounts, blobs, repositories, tags, tokens, versions
-from pfx_registry.migrate import upgrade
+from pfx_registry.db import blobs, repositories, tags, versions
 from pfx_registry.settings import Settings
 
 #: The longest an answer may take while a backend is down (boto3 and psycopg fail fast on a
@@ -196,19 +194,7 @@ def pg_world(cluster: Cluster, tmp_path: Path) -> Iterator[World]:
     )
     app = create_app(settings)
     engine = app.state.registry.engine
-    upgrade(engine)
-    admin = new_token()
-    with engine.begin() as connection:
-        admin_id = connection.execute(
-            sqlalchemy.insert(accounts)
-            .values(name="root", kind="user", is_admin=True)
-            .returning(accounts.c.id)
-        ).scalar_one()
-        connection.execute(
-            sqlalchemy.insert(tokens).values(
-                user_id=admin_id, name="root", secret_hash=hash_token(admin), scope="admin"
-            )
-        )
+    admin = migrate_and_add_administrator(engine)
     with TestClient(app) as client:
         yield World(client, settings, admin)
     engine.dispose()

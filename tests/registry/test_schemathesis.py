@@ -16,19 +16,15 @@ from typing import Any
 
 import pytest
 import schemathesis
-import sqlalchemy
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
-from test_api import concept_bytes
+from test_api import concept_bytes, migrate_and_add_administrator
 
 from pfx_registry.app import create_app
-from pfx_registry.auth import hash_token, new_token
-from pfx_registry.db import accounts, tokens
-from pfx_registry.migrate import upgrade
 from pfx_registry.settings import Settings
 
 #: Examples per operation and generation mode (about 30 operations × 2 modes).
@@ -88,19 +84,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerErrors, st
     data: Path = tmp_path_factory.mktemp("schemathesis")
     app = create_app(Settings(data_dir=data, rate_limit_token=0, rate_limit_address=0))
     engine = app.state.registry.engine
-    upgrade(engine)
-    admin = new_token()
-    with engine.begin() as connection:
-        admin_id = connection.execute(
-            sqlalchemy.insert(accounts)
-            .values(name="root", kind="user", is_admin=True)
-            .returning(accounts.c.id)
-        ).scalar_one()
-        connection.execute(
-            sqlalchemy.insert(tokens).values(
-                user_id=admin_id, name="root", secret_hash=hash_token(admin), scope="admin"
-            )
-        )
+    admin = migrate_and_add_administrator(engine)
     with TestClient(app) as client:
         headers = {"Authorization": f"Bearer {admin}"}
         payload = concept_bytes(60)
