@@ -1,0 +1,1147 @@
+"""Benchmark the registry over real HTTP on loopback, beside reference servers, in one run.
+
+Prints markdown tables: resolve and download throughput and latency (wrk) for the registry on
+embedded defaults (folder + SQLite) and on S3 (moto's server) + PostgreSQL (a throwaway cluster),
+beside nginx serving the same file statically, pypiserver serving a package file of the same size,
+and bare FastAPI apps (constant JSON, FileResponse, bytes from memory); publish throughput; search
+latency at 100,000 indexed concepts; and the issue's targets beside the numbers.
+
+    python bench/registry.py [--quick] [--duration S] [--only SECTION ...]
+
+Sections: embedded, s3, baselines, publish, search. Every server is a subprocess on a free
+127.0.0.1 port; each is stopped and every temporary folder removed at the end, on Ctrl-C too.
+
+It installs nothing. The tools it needs, and how to get them (Debian, as root; the venv's pip)::
+
+    apt-get update && apt-get install -y wrk nginx postgresql-15
+    .venv/bin/pip install pypiserver      # not a project dependency: the bench's reference only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import numpy as np
+
+import perfusion_format as pf
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_SCRIPT = REPO / ".ci" / "postgres"
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+BIN = Path(sys.executable).parent
+SECTIONS = ("embedded", "s3", "baselines", "publish", "search")
+CONNECTIONS = (1, 16, 64)
+#: The issue's targets.
+DOWNLOAD_VS_NGINX = 0.3
+DOWNLOAD_VS_PYPISERVER = 10.0
+RESOLVE_VS_BARE_JSON = 0.7
+RESOLVE_P99_MS = 25.0
+SEARCH_P50_MS = 10.0
+NAMESPACE = "admin"  # the account `pfx-registry admin create-token` creates
+CONCEPT = "teddy"
+RESOLVE_PATH = f"/v1/concepts/{NAMESPACE}/{CONCEPT}/versions/latest"
+DOWNLOAD_PATH = RESOLVE_PATH + "/file"
+INSTALL = {
+    "wrk": "apt-get update && apt-get install -y wrk",
+    "nginx": "apt-get update && apt-get install -y nginx",
+    "pypi-server": ".venv/bin/pip install pypiserver",
+    "postgres": "apt-get update && apt-get install -y postgresql-15 (or set PG_BIN)",
+    "moto": ".venv/bin/pip install -e 'registry[test]' (moto[server])",
+    "pfx-registry": "make install",
+}
+#: Dummy credentials for moto; nothing of the developer's own AWS configuration is used.
+AWS_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+BARE_APP = '''"""Bare FastAPI baselines for bench/registry.py."""
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, Response
+
+PATH = os.environ["PFX_BENCH_FILE"]
+DATA = Path(PATH).read_bytes()
+app = FastAPI()
+
+
+@app.get("/json")
+async def constant() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/json-sync")
+def constant_sync() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/file")
+async def file() -> FileResponse:
+    return FileResponse(PATH, media_type="application/octet-stream")
+
+
+@app.get("/memory")
+async def memory() -> Response:
+    return Response(DATA, media_type="application/octet-stream")
+'''
+NGINX_CONF = """worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    sendfile on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+    }}
+}}
+"""
+
+
+def progress(message: str) -> None:
+    """Say what is happening (stderr, so stdout holds only the tables)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def emit(title: str, body: str) -> None:
+    """Print one section's table to stdout."""
+    print(f"\n### {title}\n\n{body}", flush=True)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell; ``—`` for none."""
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# -- tools and the machine -------------------------------------------------------------------
+
+
+def missing_tools(sections: Sequence[str]) -> list[str]:
+    """The tools the chosen sections need that this machine lacks."""
+    needed = {"wrk"} if set(sections) & {"embedded", "s3", "baselines"} else set()
+    if set(sections) & {"embedded", "s3", "publish", "search"}:
+        needed.add("pfx-registry")
+    if "baselines" in sections:
+        needed |= {"nginx", "pypi-server"}
+    if "s3" in sections:
+        needed |= {"postgres", "moto"}
+    missing = []
+    for tool in sorted(needed):
+        if tool == "postgres":
+            present = all((PG_BIN / name).exists() for name in ("initdb", "pg_ctl", "createdb"))
+        elif tool == "moto":
+            present = importlib.util.find_spec("moto") is not None
+        elif tool in ("pypi-server", "pfx-registry"):
+            present = (BIN / tool).exists() or shutil.which(tool) is not None
+        else:
+            present = shutil.which(tool) is not None
+        if not present:
+            missing.append(tool)
+    return missing
+
+
+def executable(name: str) -> str:
+    """The venv's console script ``name``, else the one on PATH."""
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def command_output(argv: Sequence[str]) -> str:
+    """First line a version command prints (stdout or stderr), or ``—``."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "—"
+    text = (result.stdout or result.stderr).strip()
+    return text.splitlines()[0] if text else "—"
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version, or ``—``."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "—"
+
+
+def machine_table() -> str:
+    """The machine and the versions of everything measured."""
+    cpu = "—"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    wrk = command_output(["wrk", "-v"])
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    rows = [
+        ("CPU", f"{os.cpu_count()} × {cpu}"),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("wrk", wrk.split(" [")[0] if wrk != "—" else wrk),
+        ("nginx", command_output(["nginx", "-v"]).replace("nginx version: ", "")),
+        ("pypiserver", package_version("pypiserver")),
+        ("uvicorn", f"{package_version('uvicorn')} ({http}, {loop} loop)"),
+        ("fastapi / starlette", f"{package_version('fastapi')} / {package_version('starlette')}"),
+        ("SQLAlchemy / SQLite", f"{package_version('SQLAlchemy')} / {sqlite3.sqlite_version}"),
+        ("PostgreSQL", command_output([str(PG_BIN / "postgres"), "--version"])),
+        ("moto / boto3", f"{package_version('moto')} / {package_version('boto3')}"),
+    ]
+    return table(("", "version"), rows)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class Processes:
+    """Subprocesses with their output in log files; all stopped by :meth:`stop_all`."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self._running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in its own session (Ctrl-C reaches only the bench, which stops it)."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self._running.append((name, process))
+        return process
+
+    def log(self, name: str, lines: int = 20) -> str:
+        """The last lines a process wrote."""
+        path = self.logs / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_http(
+        self, name: str, process: subprocess.Popen[bytes], url: str, timeout: float = 60
+    ) -> None:
+        """Wait until ``url`` answers (any status); RuntimeError if the process dies first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited ({process.returncode}):\n{self.log(name)}")
+            try:
+                httpx.get(url, timeout=2, trust_env=False)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{name} did not answer on {url}:\n{self.log(name)}"
+                    ) from None
+                time.sleep(0.1)
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """Terminate one process (kill after 10 s)."""
+        self._running = [(n, p) for n, p in self._running if p is not process]
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        """Terminate every process still running, newest first."""
+        for _, process in reversed(list(self._running)):
+            self.stop(process)
+
+
+# -- wrk -------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    """One wrk run."""
+
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # socket errors + responses that are neither 2xx nor 3xx
+
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str, connections: int) -> WrkResult:
+    """The numbers of a ``wrk --latency`` report."""
+
+    def find(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, output, re.MULTILINE)
+
+    rate = find(r"^Requests/sec:\s+([\d.]+)")
+    count = find(r"^\s+(\d+) requests in")
+    p50 = find(r"^\s+50%\s+(\S+)")
+    p99 = find(r"^\s+99%\s+(\S+)")
+    if rate is None or count is None:
+        raise RuntimeError(f"could not read wrk's report:\n{output}")
+    requests = int(count.group(1))
+    errors = 0
+    socket_errors = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    if socket_errors:
+        errors += sum(int(group) for group in socket_errors.groups())
+    non_2xx = find(r"Non-2xx or 3xx responses: (\d+)")
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    return WrkResult(
+        connections,
+        float(rate.group(1)),
+        _duration_ms(p50.group(1)) if p50 and requests else math.nan,
+        _duration_ms(p99.group(1)) if p99 and requests else math.nan,
+        requests,
+        errors,
+    )
+
+
+def run_wrk(url: str, connections: int, seconds: float) -> WrkResult:
+    """``wrk -t2 -c{connections} -d{seconds}s --latency`` (one thread for one connection)."""
+    threads = min(2, connections)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    argv += ["--timeout", "2s", "--latency", url]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip()}")
+    return parse_wrk(result.stdout, connections)
+
+
+@dataclass
+class Series:
+    """One endpoint of one server measured at several connection counts."""
+
+    server: str
+    endpoint: str
+    body: str  # what one response is (status and size), from a probe
+    results: dict[int, WrkResult] = field(default_factory=dict)
+
+
+# -- concepts --------------------------------------------------------------------------------
+
+
+def concept_bytes(
+    seed: int, dtype: pf.DType = "F32", name: str = "Teddy", family: str = "sd-1"
+) -> bytes:
+    """A valid unsigned concept file (as tests/conftest.py's build_concept makes them)."""
+    spec = pf.get_family(family)
+    assert spec.text_dim is not None
+    rng = np.random.default_rng(seed)
+    target = rng.standard_normal(spec.text_dim)
+    concept = pf.create_concept(
+        name=name,
+        token="<teddy>",
+        superclass="teddy",
+        family=family,
+        base_fingerprint="sha256:" + "0" * 64,
+        embeddings={encoder: rng.standard_normal((1, w)) for encoder, w in spec.text_encoders},
+        target_input=target,
+        gate_direction=target * 0.5,
+        superclass_input=rng.standard_normal(spec.text_dim),
+        value_targets={path: rng.standard_normal(w) for path, w in spec.layers or ()},
+        dtype=dtype,
+        created="2026-11-25T12:00:00Z",
+        description="A worn brown teddy bear with a red bow.",
+    )
+    return pf.dumps(concept)
+
+
+def push(
+    client: httpx.Client, url: str, token: str, name: str, payload: bytes, version: str = "1.0"
+) -> None:
+    """Upload a concept file and publish it as a public version tagged latest."""
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    headers = {"Authorization": f"Bearer {token}"}
+    client.put(f"{url}/v1/blobs/{digest}", content=payload, headers=headers).raise_for_status()
+    client.put(
+        f"{url}/v1/concepts/{NAMESPACE}/{name}/versions/{version}",
+        json={"digest": digest, "private": False},
+        headers=headers,
+    ).raise_for_status()
+
+
+# -- the bench -------------------------------------------------------------------------------
+
+
+class Bench:
+    """Everything one run starts, measures and prints."""
+
+    def __init__(self, root: Path, seconds: float, quick: bool, search_rows: int) -> None:
+        self.root = root
+        self.seconds = seconds
+        self.quick = quick
+        self.search_rows = search_rows
+        (root / "logs").mkdir()
+        self.processes = Processes(root / "logs")
+        self.cleanups: list[Callable[[], None]] = []
+        self.series: dict[str, Series] = {}
+        self.search_p50: dict[str, float] = {}
+        self.concept = concept_bytes(seed=0, dtype="F32")
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("PFX_")}
+        self.base_env["NO_PROXY"] = self.base_env["no_proxy"] = "127.0.0.1,localhost"
+        # Capacity is what is measured, not the per-client rate limiter (one client here).
+        self.base_env |= {"PFX_RATE_LIMIT_TOKEN": "0", "PFX_RATE_LIMIT_ADDRESS": "0"}
+
+    def close(self) -> None:
+        """Stop every process and backend this run started."""
+        self.processes.stop_all()
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+
+    # -- measuring
+
+    def probe(self, url: str) -> str:
+        """One request: its status and body size (wrk reports neither)."""
+        # A generous timeout: a server that stalled in the previous sweep may need a while.
+        response = httpx.get(url, timeout=120, trust_env=False, follow_redirects=False)
+        if response.status_code >= 400:
+            raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
+        return f"{response.status_code}, {len(response.content):,} B"
+
+    def server_header(self, url: str) -> str:
+        """What a server calls itself (its Server header)."""
+        response = httpx.get(url, timeout=30, trust_env=False)
+        return response.headers.get("server", "?")
+
+    def sweep(self, key: str, server: str, endpoint: str, url: str) -> Series:
+        """Measure ``url`` at every connection count (after a probe and a short warm-up)."""
+        progress(f"wrk: {server} {endpoint}")
+        series = Series(server, endpoint, self.probe(url))
+        run_wrk(url, 16, 1)  # warm-up
+        for connections in CONNECTIONS:
+            series.results[connections] = run_wrk(url, connections, self.seconds)
+        self.series[key] = series
+        return series
+
+    def emit_series(self, title: str, keys: Sequence[str]) -> None:
+        """A table of measured series."""
+        rows = []
+        for key in keys:
+            series = self.series[key]
+            for connections, result in series.results.items():
+                rows.append(
+                    (
+                        series.server,
+                        series.endpoint,
+                        series.body,
+                        connections,
+                        fmt(result.requests_per_s, 0),
+                        fmt(result.p50_ms, 2),
+                        fmt(result.p99_ms, 2),
+                        result.errors if result.requests else "STALLED: 0 responses",
+                    )
+                )
+        headers = ("server", "endpoint", "response", "conns", "req/s", "p50 ms", "p99 ms", "errors")
+        emit(title, table(headers, rows))
+
+    # -- the registry
+
+    def start_registry(self, name: str, data: Path, env: dict[str, str]) -> tuple[str, Any]:
+        """``pfx-registry serve`` (single process, as shipped) on a free port."""
+        port = free_port()
+        argv = [executable("pfx-registry"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        process = self.processes.start(name, [*argv, "--data", str(data)], env)
+        url = f"http://127.0.0.1:{port}"
+        self.processes.wait_http(name, process, url + "/healthz")
+        return url, process
+
+    def admin_token(self, data: Path, env: dict[str, str]) -> str:
+        """A new administrator token from ``pfx-registry admin create-token``."""
+        result = subprocess.run(
+            [executable("pfx-registry"), "admin", "create-token", "--data", str(data)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def registry_with_concept(self, name: str, env: dict[str, str]) -> tuple[str, Any]:
+        """A registry on ``env``'s backends with the 64 KiB concept published publicly."""
+        data = self.root / name
+        url, process = self.start_registry(name, data, env)
+        token = self.admin_token(data, env)
+        with httpx.Client(trust_env=False, timeout=60) as client:
+            push(client, url, token, CONCEPT, self.concept)
+        return url, process
+
+    def embedded(self) -> None:
+        """Section 1: folder + SQLite."""
+        progress("registry on folder + SQLite")
+        url, process = self.registry_with_concept("embedded", self.base_env)
+        try:
+            self.sweep(
+                "embedded.healthz",
+                "registry folder+SQLite",
+                "/healthz (app + middleware, no SQL)",
+                url + "/healthz",
+            )
+            self.sweep("embedded.resolve", "registry folder+SQLite", "resolve", url + RESOLVE_PATH)
+            self.sweep(
+                "embedded.download", "registry folder+SQLite", "download", url + DOWNLOAD_PATH
+            )
+        finally:
+            self.processes.stop(process)
+        self.emit_series(
+            "Registry on embedded defaults (folder + SQLite), single uvicorn process",
+            ["embedded.healthz", "embedded.resolve", "embedded.download"],
+        )
+
+    def s3(self) -> None:
+        """Section 2: S3 (moto's server) + PostgreSQL (throwaway cluster)."""
+        progress("moto S3 server and a PostgreSQL cluster")
+        env = {**self.base_env, **AWS_ENVIRONMENT}
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
+            env.pop(name, None)
+        port = free_port()
+        moto = self.processes.start(
+            "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        self.processes.wait_http("moto", moto, endpoint + "/moto-api/")
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="pfx-bench")
+        cluster = self.root / "postgres"
+        self.cleanups.append(lambda: stop_postgres(cluster))
+        database_url = start_postgres(cluster)
+        env |= {
+            "PFX_S3_BUCKET": "pfx-bench",
+            "PFX_S3_ENDPOINT": endpoint,
+            "PFX_DATABASE_URL": database_url,
+        }
+        server = "registry S3+PostgreSQL"
+        url, process = self.registry_with_concept("s3", env)
+        try:
+            self.sweep("s3.resolve", server, "resolve", url + RESOLVE_PATH)
+            self.sweep("s3.download", server, "download (streamed)", url + DOWNLOAD_PATH)
+        finally:
+            self.processes.stop(process)
+        url, process = self.start_registry(
+            "s3-redirect", self.root / "s3", env | {"PFX_S3_REDIRECT": "1"}
+        )
+        try:
+            self.sweep(
+                "s3.redirect", server, "download (PFX_S3_REDIRECT=1: 307 only)", url + DOWNLOAD_PATH
+            )
+        finally:
+            self.processes.stop(process)
+            self.processes.stop(moto)
+        self.emit_series(
+            "Registry on S3 (moto server) + PostgreSQL 15, single uvicorn process",
+            ["s3.resolve", "s3.download", "s3.redirect"],
+        )
+
+    # -- reference servers
+
+    def baselines(self) -> None:
+        """Section 3: nginx, pypiserver and bare FastAPI apps serving the same bytes."""
+        www = self.root / "nginx" / "www"
+        www.mkdir(parents=True)
+        path = www / "concept.safetensors"
+        path.write_bytes(self.concept)
+        progress("nginx")
+        port = free_port()
+        conf = self.root / "nginx" / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=self.root / "nginx", port=port))
+        nginx = self.processes.start(
+            "nginx",
+            [
+                "nginx",
+                "-e",
+                str(self.root / "nginx" / "error.log"),
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
+            ],
+            self.base_env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            self.processes.wait_http("nginx", nginx, url + "/")
+            self.sweep(
+                "nginx", "nginx (1 worker, sendfile)", "static file", url + "/concept.safetensors"
+            )
+        finally:
+            self.processes.stop(nginx)
+
+        progress("pypiserver")
+        packages = self.root / "packages"
+        packages.mkdir()
+        package = packages / "pfx-bench-concept-1.0.tar.gz"
+        with tarfile.open(package, "w:gz", compresslevel=1) as archive:
+            archive.add(path, arcname="pfx-bench-concept-1.0/concept.safetensors")
+        port = free_port()
+        pypi = self.processes.start(
+            "pypiserver",
+            [
+                executable("pypi-server"),
+                "run",
+                "-p",
+                str(port),
+                "-i",
+                "127.0.0.1",
+                "--disable-fallback",
+                str(packages),
+            ],
+            self.base_env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            self.processes.wait_http("pypiserver", pypi, url + "/health")
+            self.sweep(
+                "pypiserver",
+                f"pypiserver (default: {self.server_header(url + '/health')})",
+                "package file",
+                f"{url}/packages/{package.name}",
+            )
+        finally:
+            self.processes.stop(pypi)
+
+        progress("bare FastAPI apps")
+        (self.root / "bare").mkdir()
+        (self.root / "bare" / "bench_bare_app.py").write_text(BARE_APP)
+        port = free_port()
+        bare = self.processes.start(
+            "bare-fastapi",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench_bare_app:app",
+                "--app-dir",
+                str(self.root / "bare"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            self.base_env | {"PFX_BENCH_FILE": str(path)},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            self.processes.wait_http("bare-fastapi", bare, url + "/json")
+            server = "bare FastAPI (uvicorn)"
+            self.sweep("bare.json", server, "constant JSON (async def)", url + "/json")
+            self.sweep(
+                "bare.json-sync", server, "constant JSON (def, threadpool)", url + "/json-sync"
+            )
+            self.sweep("bare.file", server, "FileResponse", url + "/file")
+            self.sweep("bare.memory", server, "bytes from memory", url + "/memory")
+        finally:
+            self.processes.stop(bare)
+        self.emit_series(
+            "Reference servers on the same machine, same 64 KiB file",
+            ["nginx", "pypiserver", "bare.json", "bare.json-sync", "bare.file", "bare.memory"],
+        )
+
+    # -- publish
+
+    def publish(self) -> None:
+        """Section 4: upload + publish of distinct concepts, sequential and 8 threads."""
+        progress("publish throughput (folder + SQLite)")
+        data = self.root / "publish"
+        url, process = self.start_registry("publish", data, self.base_env)
+        token = self.admin_token(data, self.base_env)
+        pool_size = 300 if self.quick else 1500
+        payloads = [concept_bytes(seed, "F16", name=f"Concept {seed}") for seed in range(pool_size)]
+        cursor = iter(enumerate(payloads))
+        lock = threading.Lock()
+        rows = []
+
+        def worker(deadline: float, done: list[float], errors: list[str]) -> None:
+            with httpx.Client(trust_env=False, timeout=60) as client:
+                while time.monotonic() < deadline:
+                    with lock:
+                        item = next(cursor, None)
+                    if item is None:
+                        return
+                    index, payload = item
+                    started = time.perf_counter()
+                    try:
+                        push(client, url, token, f"push-{index}", payload)
+                    except httpx.HTTPError as error:
+                        errors.append(str(error))
+                        continue
+                    done.append((time.perf_counter() - started) * 1e3)
+
+        try:
+            for threads in (1, 8):
+                done: list[float] = []
+                errors: list[str] = []
+                started = time.monotonic()
+                deadline = started + self.seconds
+                workers = [
+                    threading.Thread(target=worker, args=(deadline, done, errors))
+                    for _ in range(threads)
+                ]
+                for thread in workers:
+                    thread.start()
+                for thread in workers:
+                    thread.join()
+                elapsed = time.monotonic() - started
+                rows.append(
+                    (
+                        "sequential" if threads == 1 else f"{threads} threads",
+                        f"{len(payloads[0]):,} B",
+                        len(done),
+                        fmt(len(done) / elapsed, 1),
+                        fmt(statistics.median(done), 1) if done else "—",
+                        fmt(percentile(done, 0.99), 1) if done else "—",
+                        len(errors),
+                    )
+                )
+        finally:
+            self.processes.stop(process)
+        headers = ("clients", "file", "pushes", "pushes/s", "p50 ms", "p99 ms", "errors")
+        emit(
+            "Publish throughput, folder + SQLite (PUT blob + PUT version per push, httpx)",
+            table(headers, rows),
+        )
+
+    # -- search
+
+    def search(self) -> None:
+        """Section 5: search latency over a populated SQLite index."""
+        data = self.root / "search"
+        data.mkdir()
+        progress(f"populating the SQLite index with {self.search_rows:,} concepts")
+        started = time.monotonic()
+        facts = populate_index(data, self.search_rows)
+        progress(f"populated in {time.monotonic() - started:.1f} s")
+        url, process = self.start_registry("search", data, self.base_env)
+        queries = [
+            ("no words (newest 20)", {}),
+            (f"common word ({facts['common']:,} indexed)", {"q": COMMON_WORD}),
+            (f"rare word ({facts['rare']} indexed)", {"q": RARE_WORD}),
+            ("common word + family=sdxl", {"q": COMMON_WORD, "family": "sdxl"}),
+            ("common word, sort=recent", {"q": COMMON_WORD, "sort": "recent"}),
+            ("two words", {"q": f"{COMMON_WORD} dog"}),
+            ("no match", {"q": "qqqxqqq"}),
+        ]
+        rows = []
+        budget = self.seconds
+        try:
+            with httpx.Client(trust_env=False, timeout=120) as client:
+                for label, params in queries:
+                    progress(f"search: {label}")
+                    response = client.get(url + "/v1/search", params=params)
+                    response.raise_for_status()
+                    found = len(response.json()["results"])
+                    times: list[float] = []
+                    deadline = time.monotonic() + budget
+                    while len(times) < 200 and (time.monotonic() < deadline or len(times) < 5):
+                        begun = time.perf_counter()
+                        client.get(url + "/v1/search", params=params).raise_for_status()
+                        times.append((time.perf_counter() - begun) * 1e3)
+                    p50 = statistics.median(times)
+                    self.search_p50[label] = p50
+                    query = "&".join(f"{k}={v}" for k, v in params.items()) or "(empty)"
+                    rows.append(
+                        (
+                            label,
+                            f"`{query}`",
+                            found,
+                            len(times),
+                            fmt(p50, 1),
+                            fmt(percentile(times, 0.99), 1),
+                            "met" if p50 <= SEARCH_P50_MS else "MISSED",
+                        )
+                    )
+        finally:
+            self.processes.stop(process)
+        headers = ("query", "params", "results", "requests", "p50 ms", "p99 ms", "p50 ≤ 10 ms")
+        emit(
+            f"Search latency at {self.search_rows:,} indexed concepts "
+            "(SQLite, anonymous, sequential httpx)",
+            table(headers, rows),
+        )
+
+    # -- targets
+
+    def targets(self) -> None:
+        """The issue's targets beside the measured numbers (where both sides were measured)."""
+        rows: list[tuple[object, ...]] = []
+
+        def ratio(key: str, base: str, goal: float, label: str) -> None:
+            if key not in self.series or base not in self.series:
+                return
+            for connections in CONNECTIONS:
+                mine = self.series[key].results[connections].requests_per_s
+                theirs = self.series[base].results[connections].requests_per_s
+                value = mine / theirs if theirs else math.nan
+                rows.append(
+                    (
+                        label,
+                        connections,
+                        f"{fmt(mine, 0)} / {fmt(theirs, 0)}",
+                        f"{value:.2f}×",
+                        f"≥ {goal:g}×",
+                        "met" if value >= goal else "MISSED",
+                    )
+                )
+
+        def p99(key: str, label: str) -> None:
+            if key not in self.series:
+                return
+            for connections, result in self.series[key].results.items():
+                rows.append(
+                    (
+                        label,
+                        connections,
+                        f"p99 {fmt(result.p99_ms, 2)} ms",
+                        "",
+                        f"≤ {RESOLVE_P99_MS:g} ms",
+                        "met" if result.requests and result.p99_ms <= RESOLVE_P99_MS else "MISSED",
+                    )
+                )
+
+        for prefix, name in (("embedded", "folder+SQLite"), ("s3", "S3+PostgreSQL")):
+            ratio(f"{prefix}.download", "nginx", DOWNLOAD_VS_NGINX, f"download {name} vs nginx")
+            ratio(
+                f"{prefix}.download",
+                "pypiserver",
+                DOWNLOAD_VS_PYPISERVER,
+                f"download {name} vs pypiserver",
+            )
+            ratio(
+                f"{prefix}.resolve",
+                "bare.json",
+                RESOLVE_VS_BARE_JSON,
+                f"resolve {name} vs bare JSON",
+            )
+            p99(f"{prefix}.resolve", f"resolve {name}")
+        for label, p50 in self.search_p50.items():
+            rows.append(
+                (
+                    f"search: {label}",
+                    1,
+                    f"p50 {fmt(p50, 1)} ms",
+                    "",
+                    f"≤ {SEARCH_P50_MS:g} ms",
+                    "met" if p50 <= SEARCH_P50_MS else "MISSED",
+                )
+            )
+        if rows:
+            headers = (
+                "target",
+                "conns",
+                "measured (req/s: registry / reference)",
+                "ratio",
+                "goal",
+                "",
+            )
+            emit("The issue's targets", table(headers, rows))
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def start_postgres(directory: Path) -> str:
+    """A throwaway cluster in ``directory`` (``.ci/postgres start``); its database URL."""
+    result = subprocess.run(
+        [str(POSTGRES_SCRIPT), "start", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f".ci/postgres start failed: {result.stderr.strip()}")
+    return lines[-1]
+
+
+def stop_postgres(directory: Path) -> None:
+    """Stop the cluster and remove its folder (``.ci/postgres stop``)."""
+    if directory.exists():
+        subprocess.run(
+            [str(POSTGRES_SCRIPT), "stop", str(directory)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+# -- the search index ------------------------------------------------------------------------
+
+COMMON_WORD = "portrait"
+RARE_WORD = "zeppelin"
+SUPERCLASSES = (
+    "dog", "cat", "person", "man", "woman", "car", "teddy", "toy", "bird", "house", "chair",
+    "mug", "shoe", "bag", "robot", "castle", "tree", "flower", "guitar", "bicycle", "lamp",
+    "statue", "boat", "clock", "horse", "vase", "backpack", "sneaker", "sofa", "cake",
+)  # fmt: skip
+LABELS = ("style", "object", "person", "animal", "toy", "art", "photo", "3d", "anime", "vintage")
+
+
+def vocabulary(rng: random.Random, size: int) -> list[str]:
+    """Synthetic words from syllables, none containing the common or rare probe words."""
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zu", "pe", "dri", "glo",
+                 "shan", "tor", "bel", "quin", "mar", "fen", "os", "ul"]  # fmt: skip
+    words: set[str] = set()
+    while len(words) < size:
+        word = "".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
+        if COMMON_WORD not in word and RARE_WORD not in word and "dog" not in word:
+            words.add(word)
+    return sorted(words)
+
+
+def populate_index(data: Path, count: int, seed: int = 7) -> dict[str, int]:
+    """Fill a fresh SQLite index in ``data`` with ``count`` public repositories, each with one
+    version of its own concept blob; varied names, tokens, superclasses and descriptions."""
+    from sqlalchemy import insert
+
+    from pfx_registry.db import (
+        accounts,
+        blobs,
+        concept_files,
+        create_index_engine,
+        repositories,
+        versions,
+    )
+    from pfx_registry.migrate import upgrade
+
+    try:
+        from pfx_registry.search import refresh
+    except ImportError:  # a registry whose search scans the core tables needs no documents
+        refresh = None
+
+    rng = random.Random(seed)
+    words = vocabulary(rng, 4000)
+    engine = create_index_engine(f"sqlite:///{data / 'index.db'}")
+    upgrade(engine)
+    families = ("sd-1", "sd-2", "sdxl")
+    rare_rows = set(rng.sample(range(count), min(5, count)))
+    common = 0
+    owners = 200
+    with engine.begin() as connection:
+        connection.execute(
+            insert(accounts),
+            [{"id": i + 1, "name": f"user{i}", "kind": "user"} for i in range(owners)],
+        )
+        for start in range(0, count, 10_000):
+            blob_rows, fact_rows, repository_rows, version_rows = [], [], [], []
+            for i in range(start, min(count, start + 10_000)):
+                digest = "sha256:" + hashlib.sha256(f"concept {i}".encode()).hexdigest()
+                family = rng.choices(families, weights=(5, 2, 3))[0]
+                superclass = rng.choice(SUPERCLASSES)
+                text = rng.sample(words, rng.randint(6, 18))
+                if rng.random() < 0.3:
+                    text.insert(rng.randrange(len(text) + 1), COMMON_WORD)
+                    common += 1
+                if i in rare_rows:
+                    text.append(RARE_WORD)
+                name = f"{rng.choice(words)}-{superclass}-{i}"
+                blob_rows.append({"digest": digest, "size": 34048, "media_type": pf.MEDIA_TYPE})
+                fact_rows.append(
+                    {
+                        "digest": digest,
+                        "weights_digest": "sha256:" + hashlib.sha256(digest.encode()).hexdigest(),
+                        "format_version": pf.FORMAT_VERSION,
+                        "title": f"{rng.choice(words).title()} {superclass}",
+                        "token": f"<{rng.choice(words)}{i % 997}>",
+                        "superclass": superclass,
+                        "family": family,
+                        "base_fingerprint": "sha256:" + "0" * 64,
+                        "dtype": rng.choice(("F16", "F32", "BF16")),
+                        "signers": "",
+                    }
+                )
+                repository_rows.append(
+                    {
+                        "id": i + 1,
+                        "namespace_id": 1 + i % owners,
+                        "name": name,
+                        "private": rng.random() < 0.05,
+                        "description": " ".join(text).capitalize() + ".",
+                        "labels": " ".join(rng.sample(LABELS, rng.randint(0, 3))),
+                    }
+                )
+                version_rows.append(
+                    {"id": i + 1, "repository_id": i + 1, "version": "1.0", "digest": digest}
+                )
+            connection.execute(insert(blobs), blob_rows)
+            connection.execute(insert(concept_files), fact_rows)
+            connection.execute(insert(repositories), repository_rows)
+            connection.execute(insert(versions), version_rows)
+            if refresh is not None:  # the registry's own search documents (full-text index)
+                for row in repository_rows:
+                    refresh(connection, row["id"])
+    engine.dispose()
+    return {"common": common, "rare": len(rare_rows)}
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages (other work on the machine skews every number)."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def temporary_root() -> Iterator[Path]:
+    """A temporary folder, open to the nginx and postgres OS users (they run as others)."""
+    root = Path(tempfile.mkdtemp(prefix="pfx-bench-registry-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the chosen sections and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2-second runs, a smaller pool")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 5; quick 2)")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only this section (repeatable)"
+    )
+    parser.add_argument(
+        "--search-rows", type=int, default=100_000, help="concepts in the search index"
+    )
+    arguments = parser.parse_args(argv)
+    sections = arguments.only or list(SECTIONS)
+    seconds = arguments.duration or (2.0 if arguments.quick else 5.0)
+    missing = missing_tools(sections)
+    if missing:
+        print("bench/registry.py: missing tools: " + ", ".join(missing), file=sys.stderr)
+        for tool in missing:
+            print(f"  {tool}: {INSTALL[tool]}", file=sys.stderr)
+        return 2
+    # Also when started where SIGINT is ignored (a background job): Ctrl-C/kill must clean up.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    print("## Registry benchmark (loopback)\n")
+    print(machine_table())
+    print(f"\nLoad average at the start (1, 5, 15 min): {load_average()}")
+    print(
+        f"\nwrk -t2 -c{{1,16,64}} -d{seconds:g}s --latency (-t1 at one connection), after a "
+        "1-second warm-up; client and servers share the CPUs above. The registry runs as "
+        "`pfx-registry serve` (one uvicorn process) with PFX_RATE_LIMIT_TOKEN=0 and "
+        "PFX_RATE_LIMIT_ADDRESS=0: one client would otherwise be refused with 429."
+    )
+    failed = []
+    with temporary_root() as root:
+        bench = Bench(root, seconds, arguments.quick, arguments.search_rows)
+        try:
+            for section in SECTIONS:
+                if section not in sections:
+                    continue
+                try:
+                    getattr(bench, section)()
+                except (
+                    RuntimeError,
+                    OSError,
+                    httpx.HTTPError,
+                    subprocess.SubprocessError,
+                ) as error:
+                    failed.append(section)
+                    emit(f"Section {section} FAILED", f"```\n{error}\n```")
+            bench.targets()
+        except KeyboardInterrupt:
+            progress("interrupted; cleaning up")
+            return 130
+        finally:
+            bench.close()
+    print(f"\nLoad average at the end: {load_average()}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
