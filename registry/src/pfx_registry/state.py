@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.concurrency import run_in_threadpool
 
 from .auth import ANONYMOUS, Caller, authenticate
 from .blobs import BlobStore, FolderBlobStore, S3BlobStore
@@ -50,7 +51,8 @@ def open_registry(settings: Settings) -> Registry:
     return Registry(settings, create_index_engine(settings.index_url), store)
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
+    # async: no I/O here, and a sync dependency would cost a worker-thread hop per request
     return request.app.state.registry
 
 
@@ -84,11 +86,17 @@ def _connection(registry: RegistryDep) -> Iterator[Connection]:
 ConnectionDep = Annotated[Connection, Depends(_connection)]
 
 
-def _caller(registry: RegistryDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
+async def _caller(
+    registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
     if authorization is None:
-        return ANONYMOUS
-    with transaction(registry) as connection:
-        return authenticate(connection, authorization)
+        return ANONYMOUS  # no token, no query, no thread
+
+    def lookup() -> Caller:
+        with transaction(registry) as connection:
+            return authenticate(connection, authorization)
+
+    return await run_in_threadpool(lookup)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
