@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -81,20 +81,22 @@ def get_blob(digest: str, caller: CallerDep, registry: RegistryDep) -> Response:
 
 
 def _send_blob(registry: Any, digest: str, size: int, media_type: str) -> Response:
+    """The blob's bytes, or a redirect to a presigned URL (S3 with ``s3_redirect``).
+
+    Blobs are small (a concept is at most 4 MiB, a preview 1 MiB), so they are read whole on the
+    route's worker thread and sent in one piece: no further thread hops per chunk, and a store
+    failure is a clean 503 rather than a body cut short under a 200.
+    """
     settings = registry.settings
     if settings.s3_redirect:
         url = registry.blobs.presigned_url(digest, settings.presign_seconds)
         if url is not None:
             return RedirectResponse(url, status_code=307)
     try:
-        chunks = registry.blobs.stream(digest)
+        data = registry.blobs.read(digest)
     except FileNotFoundError:
         raise BackendUnavailable(f"the bytes of {digest} are missing from the blob store") from None
-    return StreamingResponse(
-        chunks,
-        media_type=media_type,
-        headers={"Content-Length": str(size), "Docker-Content-Digest": digest},
-    )
+    return Response(data, media_type=media_type, headers={"Docker-Content-Digest": digest})
 
 
 @router.put("/blobs/{digest}", status_code=201)
@@ -251,11 +253,12 @@ def get_repository(
 
 @router.get("/concepts/{ns}/{name}/versions/{reference}")
 def get_version(
-    ns: str, name: str, reference: str, connection: ConnectionDep, caller: CallerDep
+    ns: str, name: str, reference: str, caller: CallerDep, registry: RegistryDep
 ) -> dict[str, Any]:
     """Resolve a tag, version or ``sha256:`` digest to the version it names."""
-    repository = service.readable_repository(connection, caller, ns, name)
-    return _version_json(ns, name, service.resolve(connection, repository, reference))
+    with transaction(registry) as connection:  # on this route's thread: the hot read path
+        repository = service.readable_repository(connection, caller, ns, name)
+        return _version_json(ns, name, service.resolve(connection, repository, reference))
 
 
 @router.get("/concepts/{ns}/{name}/versions/{reference}/file")
