@@ -44,11 +44,6 @@ def test_round_trip_is_byte_identical(blob_store: BlobStore, size: int) -> None:
     blob_store.put(digest, data)
     assert blob_store.size(digest) == size
     assert blob_store.read(digest) == data
-    chunks = list(blob_store.stream(digest))
-    assert all(isinstance(chunk, bytes) and chunk for chunk in chunks)
-    assert b"".join(chunks) == data
-    if size >= 1024 * 1024:
-        assert len(chunks) > 1, "a large blob is streamed in several chunks"
 
 
 def test_put_is_idempotent(blob_store: BlobStore) -> None:
@@ -65,8 +60,6 @@ def test_absent_blob(blob_store: BlobStore) -> None:
     assert blob_store.size(digest) is None
     with pytest.raises(FileNotFoundError):
         blob_store.read(digest)
-    with pytest.raises(FileNotFoundError):
-        blob_store.stream(digest)  # before the first chunk is asked for
     blob_store.delete(digest)  # deleting what is absent is fine
     assert list(blob_store.digests()) == []
 
@@ -137,7 +130,6 @@ def test_malformed_digest_is_refused_by_every_method(blob_store: BlobStore, dige
         "size": lambda: blob_store.size(digest),
         "put": lambda: blob_store.put(digest, b"data"),
         "read": lambda: blob_store.read(digest),
-        "stream": lambda: blob_store.stream(digest),
         "delete": lambda: blob_store.delete(digest),
         "presigned_url": lambda: blob_store.presigned_url(digest, 60),
     }
@@ -248,8 +240,6 @@ def test_s3_missing_bucket_is_unavailable_not_missing_blob(s3_server: S3Server) 
     with pytest.raises(BackendUnavailable):
         store.read(digest)
     with pytest.raises(BackendUnavailable):
-        store.stream(digest)
-    with pytest.raises(BackendUnavailable):
         list(store.digests())
 
 
@@ -265,7 +255,6 @@ def test_s3_outage_and_recovery(s3_server: S3Server) -> None:
         "size": lambda: store.size(digest),
         "put": lambda: store.put(digest, data),
         "read": lambda: store.read(digest),
-        "stream": lambda: store.stream(digest),
         "delete": lambda: store.delete(digest),
         "digests": lambda: list(store.digests()),
     }
@@ -325,8 +314,6 @@ def test_s3_transfer_broken_mid_body_is_unavailable() -> None:
     digest, _ = blob(1)
     with pytest.raises(BackendUnavailable):
         store.read(digest)
-    with pytest.raises(BackendUnavailable):
-        list(store.stream(digest))
     assert all(body.closed for body in client.bodies)
 
 

@@ -28,7 +28,6 @@ from .errors import BackendUnavailable
 __all__ = ["BlobStore", "FolderBlobStore", "S3BlobStore", "check_digest"]
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_CHUNK = 256 * 1024
 
 
 def check_digest(digest: str) -> str:
@@ -65,9 +64,6 @@ class BlobStore(Protocol):
 
     def read(self, digest: str) -> bytes:
         """The whole blob (FileNotFoundError when absent)."""
-
-    def stream(self, digest: str) -> Iterator[bytes]:
-        """The blob in chunks (FileNotFoundError when absent, raised before the first chunk)."""
 
     def delete(self, digest: str) -> None:
         """Remove the blob; absent blobs are fine."""
@@ -124,16 +120,6 @@ class FolderBlobStore:
 
     def read(self, digest: str) -> bytes:
         return self._path(digest).read_bytes()
-
-    def stream(self, digest: str) -> Iterator[bytes]:
-        handle = open(self._path(digest), "rb")  # noqa: SIM115 — closed by the generator
-
-        def chunks() -> Iterator[bytes]:
-            with handle:
-                while chunk := handle.read(_CHUNK):
-                    yield chunk
-
-        return chunks()
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
@@ -216,21 +202,6 @@ class S3BlobStore:
             raise BackendUnavailable(f"S3 get_object body: {error}") from error
         finally:
             body.close()
-
-    def stream(self, digest: str) -> Iterator[bytes]:
-        from botocore.exceptions import BotoCoreError
-
-        body = self._call("get_object", Key=self._key(digest))["Body"]
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from body.iter_chunks(_CHUNK)
-            except BotoCoreError as error:  # the connection broke off, or too few bytes came
-                raise BackendUnavailable(f"S3 get_object body: {error}") from error
-            finally:
-                body.close()
-
-        return chunks()
 
     def delete(self, digest: str) -> None:
         self._call("delete_object", Key=self._key(digest))
