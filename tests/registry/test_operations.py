@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from test_api import migrate_and_add_administrator
 
 from pfx_registry.app import create_app
 from pfx_registry.observability import RateLimit
@@ -88,3 +89,24 @@ def test_request_bodies_are_bounded(tmp_path: Path) -> None:
         assert streamed.json()["error"]["code"] == "TOO_LARGE"
         small = client.put(url, content=b"{}", headers={"content-type": "application/json"})
         assert small.status_code == 400  # within the limit: the request itself is judged
+
+
+def test_streamed_upload_over_the_limit_is_413(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, rate_limit_token=0, rate_limit_address=0, max_concept_bytes=1000
+    )
+
+    def chunks():  # no Content-Length
+        for _ in range(5):
+            yield b"z" * 300
+
+    app = create_app(settings)
+    admin = migrate_and_add_administrator(app.state.registry.engine)
+    with TestClient(app) as client:
+        response = client.put(
+            f"/v1/blobs/sha256:{'0' * 64}",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "TOO_LARGE"

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 import perfusion_format as pf
 
@@ -70,6 +71,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def index_busy(_request: Request, _error: PoolTimeout) -> JSONResponse:
         message = "the index is busy: no connection became free"
         return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_request: Request, _error: ClientDisconnect) -> JSONResponse:
+        # the client left, or RequestAccounting already answered 413 and ended the body
+        return error_response(400, Code.BAD_REQUEST, "the request body ended early")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -48,19 +48,6 @@ def _digest(digest: str) -> str:
     return digest
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RegistryError(413, Code.TOO_LARGE, f"the body exceeds {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RegistryError(413, Code.TOO_LARGE, f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.head("/blobs/{digest}")
 def head_blob(digest: str, connection: ConnectionDep, caller: CallerDep) -> Response:
     """200 with Content-Length when the caller may see the blob, else 404."""
@@ -109,7 +96,7 @@ async def put_blob(
     service.require_token(caller, "uploading")
     if caller.scope == "read":
         raise RegistryError(403, Code.FORBIDDEN, "uploading needs a token with write scope")
-    data = await _read_body(request, registry.settings.max_concept_bytes)
+    data = await request.body()  # bounded to max_concept_bytes by RequestAccounting (413)
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise RegistryError(
@@ -429,7 +416,7 @@ async def add_preview(
     """Attach a preview image (PNG, JPEG or WebP, at most 1 MB; its type is read from the bytes,
     never from a header) to a repository (writers)."""
     service.require_token(caller, "adding a preview")
-    data = await _read_body(request, registry.settings.max_preview_bytes)
+    data = await request.body()  # bounded to max_preview_bytes by RequestAccounting (413)
     media_type = image_type(data)
     if media_type is None:
         raise RegistryError(415, Code.UNSUPPORTED_MEDIA, "previews are PNG, JPEG or WebP images")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, exists, insert, or_, select, update
+from sqlalchemy import Connection, Row, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 import perfusion_format as pf
@@ -26,6 +26,7 @@ from .db import (
     blob_uploads,
     blobs,
     concept_files,
+    memberships,
     previews,
     repositories,
     signing_keys,
@@ -36,7 +37,6 @@ from .db import (
 from .errors import Code, RegistryError, not_found
 
 __all__ = [
-    "CONCEPT_MEDIA_TYPE",
     "PublishResult",
     "audit",
     "blob_visible",
@@ -49,7 +49,6 @@ __all__ = [
     "writable_repository",
 ]
 
-CONCEPT_MEDIA_TYPE = pf.MEDIA_TYPE
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 _REFERENCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
@@ -413,17 +412,10 @@ def version(connection: Connection, repository: Row[Any], name: str) -> Row[Any]
     return row
 
 
-def repository_exists_for(connection: Connection, digest: str) -> bool:
-    """True while any version references ``digest`` (garbage collection keeps such blobs)."""
-    return bool(connection.execute(select(exists().where(versions.c.digest == digest))).scalar())
-
-
 def visible_repositories(connection: Connection, caller: Caller) -> Any:
     """A SQL condition selecting the repositories the caller may read."""
     if caller.is_admin:
-        return and_(True)
-    from .db import memberships
-
+        return true()
     member_of = select(memberships.c.org_id).where(memberships.c.user_id == caller.user_id)
     return or_(
         repositories.c.private.is_(False),
