@@ -235,7 +235,9 @@ def test_postgres_outage(pg_world: World, cluster: Cluster) -> None:
         while sum(s == 201 for s in statuses.values()) < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
         cluster.stop()
-        time.sleep(0.5)  # the burst keeps going against the stopped index
+        # The burst keeps going against the stopped index; answers read before the stop (the
+        # caller's token) may be reused for read_cache_seconds (caching.py), no longer.
+        time.sleep(max(0.5, world.settings.read_cache_seconds + 0.1))
         for method, url, kwargs in (
             ("GET", "/readyz", {}),
             ("GET", "/v1/concepts/alice/kept", {}),

@@ -7,6 +7,9 @@ is down is 503 UNAVAILABLE; nothing a client sends produces a 500.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -30,6 +34,8 @@ from .settings import Settings
 from .state import Registry, open_registry
 
 __all__ = ["create_app", "error_response"]
+
+logger = logging.getLogger("pfx_registry")
 
 _STATUS_CODES = {
     400: Code.BAD_REQUEST,
@@ -99,8 +105,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if migrate:
             upgrade(registry.engine)
-        yield
-        registry.engine.dispose()
+        flusher = asyncio.create_task(_flush_downloads_forever(registry))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            _flush_downloads(registry)
+            registry.engine.dispose()
 
     app = FastAPI(title="pfx registry", version="1", lifespan=lifespan)
     app.state.registry = registry
@@ -127,7 +140,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         return metrics.render()
 
     @app.get("/healthz")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
@@ -137,6 +150,21 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         return check_ready(registry)
 
     return app
+
+
+async def _flush_downloads_forever(registry: Registry, every: float = 1.0) -> None:
+    """Write the download counts to the index every ``every`` seconds; an index outage only
+    delays them (they are kept and written by a later flush)."""
+    while True:
+        await asyncio.sleep(every)
+        await run_in_threadpool(_flush_downloads, registry)
+
+
+def _flush_downloads(registry: Registry) -> None:
+    try:
+        registry.downloads.flush(registry.engine)
+    except (OperationalError, PoolTimeout) as error:
+        logger.warning("download counts not written yet: %s", type(error).__name__)
 
 
 def check_ready(registry: Registry) -> dict[str, Any]:

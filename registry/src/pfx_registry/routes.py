@@ -4,7 +4,9 @@ organizations, tokens, signing keys and namespace policy. spec/registry-api.md d
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -32,7 +34,14 @@ from .db import (
     versions,
 )
 from .errors import BackendUnavailable, Code, RegistryError, not_found
-from .state import CallerDep, ConnectionDep, RegistryDep, transaction
+from .state import (
+    CallerDep,
+    ConnectionDep,
+    CountedConnectionDep,
+    Registry,
+    RegistryDep,
+    transaction,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -58,31 +67,46 @@ def head_blob(digest: str, connection: ConnectionDep, caller: CallerDep) -> Resp
 
 
 @router.get("/blobs/{digest}")
-def get_blob(digest: str, caller: CallerDep, registry: RegistryDep) -> Response:
-    """The blob's bytes (streamed, or a redirect to a presigned URL on S3 when configured)."""
-    with transaction(registry) as connection:
-        blob = service.blob_visible(connection, caller, _digest(digest))
-    if blob is None:
-        raise RegistryError(404, Code.BLOB_UNKNOWN, f"blob {digest} not found")
-    return _send_blob(registry, blob.digest, blob.size, blob.media_type)
+async def get_blob(digest: str, caller: CallerDep, registry: RegistryDep) -> Response:
+    """The blob's bytes (or a redirect to a presigned URL on S3 when configured)."""
+    _digest(digest)
+
+    def visible() -> tuple[str, str]:
+        with transaction(registry) as connection:
+            blob = service.blob_visible(connection, caller, digest)
+        if blob is None:
+            raise RegistryError(404, Code.BLOB_UNKNOWN, f"blob {digest} not found")
+        return blob.digest, blob.media_type
+
+    found, media_type = await registry.reads.get(
+        ("blob", caller.user_id, caller.is_admin, digest), visible
+    )
+    return await _send_blob(registry, found, media_type)
 
 
-def _send_blob(registry: Any, digest: str, size: int, media_type: str) -> Response:
+async def _send_blob(registry: Registry, digest: str, media_type: str) -> Response:
     """The blob's bytes, or a redirect to a presigned URL (S3 with ``s3_redirect``).
 
-    Blobs are small (a concept is at most 4 MiB, a preview 1 MiB), so they are read whole on the
-    route's worker thread and sent in one piece: no further thread hops per chunk, and a store
-    failure is a clean 503 rather than a body cut short under a 200.
+    Blobs are small (a concept is at most 4 MiB, a preview 1 MiB) and never change: they are sent
+    whole, from the blob cache when they are in it, else read on a worker thread (a store failure
+    is then a clean 503 rather than a body cut short under a 200) and kept.
     """
     settings = registry.settings
     if settings.s3_redirect:
-        url = registry.blobs.presigned_url(digest, settings.presign_seconds)
+        url = await run_in_threadpool(
+            registry.blobs.presigned_url, digest, settings.presign_seconds
+        )
         if url is not None:
             return RedirectResponse(url, status_code=307)
-    try:
-        data = registry.blobs.read(digest)
-    except FileNotFoundError:
-        raise BackendUnavailable(f"the bytes of {digest} are missing from the blob store") from None
+    data = registry.blob_bytes.get(digest)
+    if data is None:
+        try:
+            data = await run_in_threadpool(registry.blobs.read, digest)
+        except FileNotFoundError:
+            raise BackendUnavailable(
+                f"the bytes of {digest} are missing from the blob store"
+            ) from None
+        registry.blob_bytes.put(digest, data)
     return Response(data, media_type=media_type, headers={"Docker-Content-Digest": digest})
 
 
@@ -192,7 +216,7 @@ def publish_version(
 
 @router.get("/concepts/{ns}/{name}")
 def get_repository(
-    ns: str, name: str, connection: ConnectionDep, caller: CallerDep
+    ns: str, name: str, connection: CountedConnectionDep, caller: CallerDep
 ) -> dict[str, Any]:
     """A repository: visibility, description, labels, downloads, versions and tags."""
     repository = service.readable_repository(connection, caller, ns, name)
@@ -238,31 +262,48 @@ def get_repository(
     }
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """A resolution as the read cache keeps it: the version object, encoded once."""
+
+    repository_id: int
+    digest: str
+    body: bytes
+
+
+async def _resolved(
+    registry: Registry, caller: Caller, ns: str, name: str, reference: str
+) -> Resolved:
+    def load() -> Resolved:
+        with transaction(registry) as connection:
+            repository = service.readable_repository(connection, caller, ns, name)
+            row = service.resolve(connection, repository, reference)
+        body = json.dumps(_version_json(ns, name, row), separators=(",", ":")).encode()
+        return Resolved(repository.id, row.digest, body)
+
+    key = ("version", caller.user_id, caller.is_admin, ns, name, reference)
+    return await registry.reads.get(key, load)
+
+
 @router.get("/concepts/{ns}/{name}/versions/{reference}")
-def get_version(
+async def get_version(
     ns: str, name: str, reference: str, caller: CallerDep, registry: RegistryDep
-) -> dict[str, Any]:
+) -> Response:
     """Resolve a tag, version or ``sha256:`` digest to the version it names."""
-    with transaction(registry) as connection:  # on this route's thread: the hot read path
-        repository = service.readable_repository(connection, caller, ns, name)
-        return _version_json(ns, name, service.resolve(connection, repository, reference))
+    resolved = await _resolved(registry, caller, ns, name, reference)
+    return Response(resolved.body, media_type="application/json")
 
 
 @router.get("/concepts/{ns}/{name}/versions/{reference}/file")
-def download(
+async def download(
     ns: str, name: str, reference: str, caller: CallerDep, registry: RegistryDep
 ) -> Response:
-    """The concept file a reference names; counts a download (committed before the bytes are
-    sent, so no transaction stays open while they stream)."""
-    with transaction(registry) as connection:
-        repository = service.readable_repository(connection, caller, ns, name)
-        row = service.resolve(connection, repository, reference)
-        connection.execute(
-            update(repositories)
-            .where(repositories.c.id == repository.id)
-            .values(downloads=repositories.c.downloads + 1)
-        )
-    return _send_blob(registry, row.digest, row.size, pf.MEDIA_TYPE)
+    """The concept file a reference names; counts a download (written to the index within a
+    second, off the request path: see downloads.py)."""
+    resolved = await _resolved(registry, caller, ns, name, reference)
+    response = await _send_blob(registry, resolved.digest, pf.MEDIA_TYPE)
+    registry.downloads.add(resolved.repository_id)
+    return response
 
 
 class TagRequest(BaseModel):
@@ -373,7 +414,9 @@ def delete_repository(ns: str, name: str, connection: ConnectionDep, caller: Cal
 
 
 @router.get("/concepts/{ns}")
-def list_repositories(ns: str, connection: ConnectionDep, caller: CallerDep) -> dict[str, Any]:
+def list_repositories(
+    ns: str, connection: CountedConnectionDep, caller: CallerDep
+) -> dict[str, Any]:
     """The repositories of a namespace that the caller may read."""
     owner = service.namespace(connection, ns)
     rows = connection.execute(
@@ -771,7 +814,7 @@ def get_policy(ns: str, connection: ConnectionDep, _caller: CallerDep) -> dict[s
 
 @router.get("/search")
 def search_concepts(
-    connection: ConnectionDep,
+    connection: CountedConnectionDep,
     caller: CallerDep,
     q: Annotated[str, Query(max_length=200)] = "",
     family: str | None = None,

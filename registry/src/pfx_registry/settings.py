@@ -35,6 +35,12 @@ class Settings:
     #: address; 0 turns a limit off.
     rate_limit_token: float = 100.0
     rate_limit_address: float = 50.0
+    #: Seconds an answer to a read (a resolution, a caller's token) may be reused by this
+    #: process; writes made here drop them at once, writes elsewhere are seen within this bound.
+    #: 0 turns the read cache off.
+    read_cache_seconds: float = 1.0
+    #: Bytes of blob content kept in memory for downloads (blobs never change); 0 keeps none.
+    blob_cache_bytes: int = 64 * 1024 * 1024
 
     @property
     def index_url(self) -> str:
@@ -54,4 +60,6 @@ class Settings:
             s3_redirect=env.get("PFX_S3_REDIRECT", "") in ("1", "true", "yes"),
             rate_limit_token=float(env.get("PFX_RATE_LIMIT_TOKEN", cls.rate_limit_token)),
             rate_limit_address=float(env.get("PFX_RATE_LIMIT_ADDRESS", cls.rate_limit_address)),
+            read_cache_seconds=float(env.get("PFX_READ_CACHE_SECONDS", cls.read_cache_seconds)),
+            blob_cache_bytes=int(env.get("PFX_BLOB_CACHE_BYTES", cls.blob_cache_bytes)),
         )

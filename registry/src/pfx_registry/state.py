@@ -10,19 +10,21 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.concurrency import run_in_threadpool
 
-from .auth import ANONYMOUS, Caller, authenticate
+from .auth import ANONYMOUS, Caller, authenticate, hash_token
 from .blobs import BlobStore, FolderBlobStore, S3BlobStore
+from .caching import BlobCache, ReadCache, watch_writes
 from .db import create_index_engine
+from .downloads import DownloadCounter
 from .errors import BackendUnavailable
 from .settings import Settings
 
 __all__ = [
     "CallerDep",
     "ConnectionDep",
+    "CountedConnectionDep",
     "Registry",
     "RegistryDep",
     "open_registry",
@@ -37,6 +39,9 @@ class Registry:
     settings: Settings
     engine: Engine
     blobs: BlobStore
+    reads: ReadCache
+    blob_bytes: BlobCache
+    downloads: DownloadCounter
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -48,7 +53,12 @@ def open_registry(settings: Settings) -> Registry:
         )
     else:
         store = FolderBlobStore(settings.data_dir)
-    return Registry(settings, create_index_engine(settings.index_url), store)
+    engine = create_index_engine(settings.index_url)
+    reads = ReadCache(settings.read_cache_seconds)
+    watch_writes(engine, reads)
+    return Registry(
+        settings, engine, store, reads, BlobCache(settings.blob_cache_bytes), DownloadCounter()
+    )
 
 
 async def _registry(request: Request) -> Registry:
@@ -65,9 +75,11 @@ def transaction(registry: Registry) -> Iterator[Connection]:
     try:
         with registry.engine.begin() as connection:
             yield connection
-    except OperationalError as error:  # connection refused, server gone, database locked …
+    except (OperationalError, PendingRollbackError) as error:
+        # connection refused, server gone, database locked …; PendingRollbackError replaces the
+        # error when the server cut the connection inside a savepoint and the rollback fails too
         raise BackendUnavailable(
-            f"the index is unavailable ({type(error.orig).__name__})"
+            f"the index is unavailable ({type(getattr(error, 'orig', error)).__name__})"
         ) from error
     except PoolTimeout as error:
         raise BackendUnavailable("the index is busy: no connection became free") from error
@@ -86,6 +98,17 @@ def _connection(registry: RegistryDep) -> Iterator[Connection]:
 ConnectionDep = Annotated[Connection, Depends(_connection)]
 
 
+def _counted_connection(registry: RegistryDep) -> Iterator[Connection]:
+    """:data:`ConnectionDep` for answers that report download counts: the counts this process
+    holds in memory are written first, so they are included."""
+    registry.downloads.flush(registry.engine)
+    with transaction(registry) as connection:
+        yield connection
+
+
+CountedConnectionDep = Annotated[Connection, Depends(_counted_connection)]
+
+
 async def _caller(
     registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
@@ -96,7 +119,8 @@ async def _caller(
         with transaction(registry) as connection:
             return authenticate(connection, authorization)
 
-    return await run_in_threadpool(lookup)
+    # keyed by the token's hash: the cache never holds a secret
+    return await registry.reads.get(("caller", hash_token(authorization)), lookup)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
