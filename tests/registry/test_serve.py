@@ -18,12 +18,15 @@ from conftest import VECTORS
 COMMAND = str(Path(sys.executable).with_name("pfx-registry"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, str]]:
     data = tmp_path_factory.mktemp("registry")
     port = free_port()
+    address = ["--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(
-        [COMMAND, "serve", "--host", "127.0.0.1", "--port", str(port), "--data", str(data)],
+        [COMMAND, "serve", *address, "--data", str(data), "--workers", str(request.param)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -80,3 +83,16 @@ def test_ready_and_push_pull_over_http(server) -> None:
     pulled = httpx.get(f"{url}/v1/concepts/admin/teddy/versions/latest/file", headers=headers)
     assert pulled.content == payload
     assert httpx.get(f"{url}/v1/concepts/admin/teddy").status_code == 404  # private by default
+
+    # Downloads answered by any worker process all reach the shared counter (each process
+    # writes its own counts within a second).
+    for _ in range(20):
+        with httpx.Client() as fresh:  # a new connection each time: the kernel spreads them
+            got = fresh.get(f"{url}/v1/concepts/admin/teddy/versions/1.0/file", headers=headers)
+            assert got.status_code == 200
+    deadline = time.monotonic() + 10
+    downloads = 0
+    while downloads != 21 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        downloads = httpx.get(f"{url}/v1/concepts/admin/teddy", headers=headers).json()["downloads"]
+    assert downloads == 21

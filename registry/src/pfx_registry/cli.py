@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import insert, select
 
 from .auth import hash_token, new_token
@@ -38,8 +40,27 @@ def serve(arguments: argparse.Namespace) -> int:
             "  No administrator yet. Create one and get its token with:\n"
             f"    pfx-registry admin create-token --data {settings.data_dir}"
         )
-    uvicorn.run(create_app(settings, migrate=False), host=arguments.host, port=arguments.port)
+    if arguments.workers == 1:
+        app = create_app(settings, migrate=False)
+        uvicorn.run(app, host=arguments.host, port=arguments.port)
+    else:  # each worker process builds its own app (and caches) from the environment
+        os.environ["PFX_DATA_DIR"] = str(settings.data_dir)
+        uvicorn.run(
+            "pfx_registry.cli:worker_app",
+            factory=True,
+            host=arguments.host,
+            port=arguments.port,
+            workers=arguments.workers,
+        )
     return 0
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``serve --workers N`` process: settings from the environment, schema
+    already migrated by the parent."""
+    from .app import create_app
+
+    return create_app(migrate=False)
 
 
 def migrate(arguments: argparse.Namespace) -> int:
@@ -105,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8700, help="port to bind (default 8700)")
     run.add_argument("--data", default=None, help=data_help)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (default 1; e.g. one per CPU core)",
+    )
     run.set_defaults(handler=serve)
 
     schema = commands.add_parser("migrate", help="bring the index schema up to date")
