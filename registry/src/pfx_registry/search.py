@@ -193,7 +193,38 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
         "recent": documents.c.version_id,
     }
     key = keys[query.sort]
-    statement = (
+    # Rank on the documents (and the repositories, for visibility and downloads) alone, cut the
+    # page, and only then join the details of its rows: a common word matches tens of thousands
+    # of documents, and joining all of them before the cut is what made it slow.
+    ranked = (
+        select(documents.c.repository_id, key.label("sort_key"))
+        .join(repositories, repositories.c.id == documents.c.repository_id)
+        .where(visible)
+    )
+    if words:
+        ranked = ranked.where(_full_text(connection, words))
+    if query.namespace:
+        owner = select(accounts.c.id).where(accounts.c.name == query.namespace)
+        ranked = ranked.where(repositories.c.namespace_id.in_(owner.scalar_subquery()))
+    for column, value in (
+        (documents.c.family, query.family),
+        (documents.c.superclass, query.superclass),
+    ):
+        if value:
+            ranked = ranked.where(column == value)
+    if query.signer:
+        ranked = ranked.where(documents.c.signers.contains(f" {query.signer} "))
+    if query.cursor:
+        last_key, last_id = _decode_cursor(query.cursor, query.sort)
+        ranked = ranked.where(
+            or_(key < last_key, and_(key == last_key, documents.c.repository_id < last_id))
+        )
+    page_ids = (
+        ranked.order_by(key.desc(), documents.c.repository_id.desc())
+        .limit(query.limit + 1)
+        .subquery()
+    )
+    rows = connection.execute(
         select(
             documents,
             repositories.c.name,
@@ -207,33 +238,14 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
             concept_files.c.signers.label("file_signers"),
             versions.c.version,
             versions.c.digest,
-            key.label("sort_key"),
+            page_ids.c.sort_key,
         )
+        .join(page_ids, page_ids.c.repository_id == documents.c.repository_id)
         .join(repositories, repositories.c.id == documents.c.repository_id)
         .join(accounts, accounts.c.id == repositories.c.namespace_id)
         .join(versions, versions.c.id == documents.c.version_id)
         .join(concept_files, concept_files.c.digest == versions.c.digest)
-        .where(visible)
-    )
-    if words:
-        statement = statement.where(_full_text(connection, words))
-    filters = {
-        documents.c.family: query.family,
-        documents.c.superclass: query.superclass,
-        accounts.c.name: query.namespace,
-    }
-    for column, value in filters.items():
-        if value:
-            statement = statement.where(column == value)
-    if query.signer:
-        statement = statement.where(documents.c.signers.contains(f" {query.signer} "))
-    if query.cursor:
-        last_key, last_id = _decode_cursor(query.cursor, query.sort)
-        statement = statement.where(
-            or_(key < last_key, and_(key == last_key, documents.c.repository_id < last_id))
-        )
-    rows = connection.execute(
-        statement.order_by(key.desc(), documents.c.repository_id.desc()).limit(query.limit + 1)
+        .order_by(page_ids.c.sort_key.desc(), documents.c.repository_id.desc())
     ).all()
     page = rows[: query.limit]
     next_cursor = None
