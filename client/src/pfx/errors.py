@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from perfusion_format import PerfusionError
 
-__all__ = ["ClientError", "ErrorCode"]
+__all__ = ["ClientError", "ErrorCode", "RegistryError"]
 
 
 class ErrorCode(StrEnum):
@@ -36,6 +36,39 @@ class ErrorCode(StrEnum):
     RUNTIME_MISSING = "RUNTIME_MISSING"
     """A command needs perfusion-runtime (torch, diffusers), which is not installed."""
 
+    CONFIG_INVALID = "CONFIG_INVALID"
+    """``config.toml`` or ``trust.toml`` is not valid TOML, or holds an unknown key or bad value."""
+
+    REFERENCE_INVALID = "REFERENCE_INVALID"
+    """A registry URL, namespace, name, tag, version or digest is malformed."""
+
+    DIGEST_MISMATCH = "DIGEST_MISMATCH"
+    """Bytes do not hash to the digest they were fetched or stored under."""
+
+    CACHE_CORRUPT = "CACHE_CORRUPT"
+    """The local cache holds something pfx did not put there (a link or file for a folder)."""
+
+    UNTRUSTED = "UNTRUSTED"
+    """A concept is validly signed, but by no key the trust policy trusts for its name."""
+
+    REGISTRY_UNREACHABLE = "REGISTRY_UNREACHABLE"
+    """The registry could not be reached (connection refused, DNS, timeout), retries included."""
+
+    REGISTRY_PROTOCOL = "REGISTRY_PROTOCOL"
+    """The registry's answer is not what its API specifies (not JSON, a field missing, …)."""
+
 
 class ClientError(PerfusionError):
     """A failure of the client's own, with one of the codes above (exit code 2)."""
+
+
+class RegistryError(ClientError):
+    """The registry refused a request: its error ``code`` (``NOT_FOUND``, ``VERSION_EXISTS``,
+    ``SIGNATURE_REQUIRED``, ``RATE_LIMITED``, … — spec/registry-api.md §6), the HTTP ``status``
+    and the registry's own message ``detail``. ``message`` reads
+    ``registry answered 404: concept alice/teddy not found``."""
+
+    def __init__(self, code: str, status: int, detail: str) -> None:
+        super().__init__(code, f"registry answered {status}: {detail}")
+        self.status = status
+        self.detail = detail

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,22 +19,17 @@ from rich.console import Console
 
 import perfusion_format as pf
 from perfusion_format.files import read_bounded, write_atomic
+from pfx.config import config_dir, make_private_dirs
 
 from . import output
 from .output import JsonFlag, cell
 
-__all__ = ["config_dir", "default_key_path", "inspect", "keygen", "register", "sign", "verify"]
+__all__ = ["default_key_path", "inspect", "keygen", "register", "sign", "verify"]
 
 DEFAULT_KEY_NAME = "pfx_ed25519"
 #: Tensor name prefixes with one tensor per cross-attention layer (16 to 70 of them), which
 #: ``inspect`` shows as one summary row unless ``--tensors`` is given.
 _PER_LAYER_PREFIXES = ("value_target.", "key_target.")
-
-
-def config_dir() -> Path:
-    """The pfx configuration folder: ``$PFX_CONFIG_DIR``, else ``~/.config/pfx``."""
-    configured = os.environ.get("PFX_CONFIG_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".config" / "pfx"
 
 
 def default_key_path() -> Path:
@@ -63,13 +57,6 @@ def _read_concept(path: Path) -> tuple[bytes, pf.Concept]:
         return data, pf.loads(data)
 
 
-def _make_private_dirs(folder: Path) -> None:
-    """Create ``folder`` and any missing parents with mode 0700; existing folders are untouched."""
-    missing = [path for path in (folder, *folder.parents) if not path.exists()]
-    for path in reversed(missing):
-        path.mkdir(mode=0o700, exist_ok=True)
-
-
 FileArgument = Annotated[
     Path,
     typer.Argument(
@@ -85,7 +72,8 @@ def keygen(
             "--out",
             "-o",
             help="Private key path; the public key goes to PATH.pub. Default: "
-            "$PFX_CONFIG_DIR/keys/pfx_ed25519 (PFX_CONFIG_DIR defaults to ~/.config/pfx).",
+            "<config>/keys/pfx_ed25519; <config> is $PFX_CONFIG_DIR, else $XDG_CONFIG_HOME/pfx, "
+            "else ~/.config/pfx.",
             metavar="PATH",
             show_default=False,
         ),
@@ -102,7 +90,7 @@ def keygen(
     if existing and not force:
         message = "already exists (pass --force to replace the key pair)"
         raise FileExistsError(errno.EEXIST, message, str(existing[0]))
-    _make_private_dirs(private_path.parent)
+    make_private_dirs(private_path.parent)
     for path in existing:
         path.unlink()
     key = pf.PrivateKey.generate()
