@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements-dev.txt \
 	perfusion_format/pyproject.toml runtime/pyproject.toml registry/pyproject.toml client/pyproject.toml
 
-.PHONY: install serve test lint format bench bench-registry clean
+.PHONY: install serve test lint format demo bench bench-registry clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ serve: install
 
 test: install
 	$(PY) -m pytest -n 2 tests
+
+# Registry, tiny pipeline, two concepts signed and pushed to two organizations, search, verified
+# pulls and an image with both concepts; offline, in a temporary folder (about a minute).
+demo: install
+	$(PY) demo/demo.py
 
 lint: install
 	$(VENV)/bin/ruff check .

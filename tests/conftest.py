@@ -59,26 +59,30 @@ def signing_key() -> pf.PrivateKey:
     return pf.PrivateKey.generate()
 
 
-def _load_registry_backends() -> ModuleType:
-    """tests/registry/backends.py as the plain module ``backends``, the name the registry tests
-    import it by. Its fixtures are registered here because a conftest.py in tests/registry would
-    clash with this file's module name (``from conftest import ...``)."""
-    if "backends" in sys.modules:
-        return sys.modules["backends"]
-    spec = importlib.util.spec_from_file_location(
-        "backends", REPO / "tests" / "registry" / "backends.py"
-    )
+def _load_fixture_module(name: str, path: Path) -> ModuleType:
+    """The test helper file ``path`` as the plain module ``name``, the name tests import it by.
+    Fixture modules are loaded and their fixtures registered here (shared by every folder)
+    because a conftest.py in a test folder would clash with this file's module name
+    (``from conftest import ...``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["backends"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-_backends = _load_registry_backends()
+_backends = _load_fixture_module("backends", REPO / "tests" / "registry" / "backends.py")
 # The registry's real backends (documented in tests/registry/backends.py).
 postgres_url = _backends.postgres_url
 aws_test_environment = _backends.aws_test_environment
 s3_server = _backends.s3_server
 s3_endpoint = _backends.s3_endpoint
 blob_store = _backends.blob_store
+
+# A real registry server for the client's end-to-end tests (tests/client/registry_server.py).
+registry_server = _load_fixture_module(
+    "registry_server", REPO / "tests" / "client" / "registry_server.py"
+).registry_server

@@ -17,7 +17,8 @@ would clash with the root one's module name, which tests import as ``from confte
 
 While the S3 fixtures are alive the environment holds dummy AWS credentials and region (and no
 AWS config file or proxy for loopback), restored afterwards. Helpers are importable too:
-``from backends import S3Server, free_port, start_postgres, stop_postgres``.
+``from backends import S3Server, free_port, fresh_postgres_database, start_postgres,
+stop_postgres, stop_process``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """End a server subprocess: SIGTERM, then SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
@@ -94,6 +105,18 @@ def stop_postgres(directory: Path) -> None:
         timeout=60,
         check=False,
     )
+
+
+def fresh_postgres_database(base_url: str) -> str:
+    """A new empty database on the cluster of ``base_url``; its URL."""
+    import sqlalchemy
+
+    name = "t" + uuid.uuid4().hex[:12]
+    engine = sqlalchemy.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return base_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="session")
@@ -168,14 +191,8 @@ class S3Server:
     def stop(self) -> None:
         """Stop the server (no-op when stopped); the port is then closed."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process)
 
     def client(self) -> Any:
         """A boto3 S3 client for this server."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from backends import fresh_postgres_database
 from conftest import VECTORS, build_concept
 from fastapi.testclient import TestClient
 
@@ -23,16 +24,6 @@ from pfx_registry.auth import hash_token, new_token
 from pfx_registry.db import accounts, tokens
 from pfx_registry.migrate import upgrade
 from pfx_registry.settings import Settings
-
-
-def _fresh_postgres_database(base_url: str) -> str:
-    """A new empty database on the test cluster; its URL."""
-    name = "t" + uuid.uuid4().hex[:12]
-    engine = sqlalchemy.create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return base_url.rsplit("/", 1)[0] + "/" + name
 
 
 @dataclass
@@ -100,7 +91,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         server.create_bucket(bucket)
         settings = replace(settings, s3_bucket=bucket, s3_endpoint=server.endpoint)
     if index == "postgres":
-        url = _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+        url = fresh_postgres_database(request.getfixturevalue("postgres_url"))
         settings = replace(settings, database_url=url)
     app = create_app(settings)
     engine = app.state.registry.engine
@@ -310,10 +301,16 @@ def test_signature_policy_and_protected_tags(world: World) -> None:
     assert world.push(alice, "alice/c:1", signed).status_code == 422  # key not registered yet
     registered = world.client.post(
         "/v1/namespaces/alice/keys",
-        json={"public_key": key.public_key.to_pem().decode()},
+        json={"public_key": key.public_key.to_pem().decode(), "name": "laptop"},
         headers=world.auth(alice),
     )
     assert registered.json()["key_id"] == key.public_key.key_id
+    again = world.client.post(  # registering again keeps the stored name
+        "/v1/namespaces/alice/keys",
+        json={"public_key": key.public_key.to_base64(), "name": "other"},
+        headers=world.auth(alice),
+    )
+    assert again.status_code == 201 and again.json()["name"] == "laptop"
     assert world.push(alice, "alice/c:1", signed).status_code == 201
     assert world.push(alice, "alice/c:2", concept_bytes(12, key), tags=[]).status_code == 201
     # alice is admin of her namespace: she may move the protected tag; a writer of an org may not
@@ -410,4 +407,38 @@ def test_previews(world: World) -> None:
     assert (
         len(world.client.get("/v1/concepts/alice/c", headers=world.auth(alice)).json()["previews"])
         == 1
+    )
+
+
+def test_organizations_and_members_are_listed_to_members_only(world: World) -> None:
+    alice, bob, carol = world.user("alice"), world.user("bob"), world.user("carol")
+    for org in ("acme", "zeta"):
+        assert (
+            world.client.post("/v1/orgs", json={"name": org}, headers=world.auth(alice)).status_code
+            == 201
+        )
+    added = world.client.put(
+        "/v1/orgs/acme/members", json={"user": "bob", "role": "writer"}, headers=world.auth(alice)
+    )
+    assert added.status_code == 200
+    assert world.client.get("/v1/orgs", headers=world.auth(alice)).json() == {
+        "orgs": [{"name": "acme", "role": "admin"}, {"name": "zeta", "role": "admin"}]
+    }
+    assert world.client.get("/v1/orgs", headers=world.auth(bob)).json() == {
+        "orgs": [{"name": "acme", "role": "writer"}]
+    }
+    assert world.client.get("/v1/orgs", headers=world.auth(carol)).json() == {"orgs": []}
+    assert world.client.get("/v1/orgs").status_code == 401
+    members = world.client.get("/v1/orgs/acme/members", headers=world.auth(bob)).json()
+    assert members == {
+        "org": "acme",
+        "members": [{"user": "alice", "role": "admin"}, {"user": "bob", "role": "writer"}],
+    }
+    # outsiders, a user namespace and an absent org all answer the same 404
+    for org, token in (("acme", carol), ("alice", alice), ("nope", alice)):
+        response = world.client.get(f"/v1/orgs/{org}/members", headers=world.auth(token))
+        assert response.status_code == 404, (org, response.text)
+    assert (
+        world.client.get("/v1/orgs/acme/members", headers=world.auth(world.admin)).status_code
+        == 200
     )

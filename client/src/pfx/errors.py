@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
     UNTRUSTED = "UNTRUSTED"
     """A concept is validly signed, but by no key the trust policy trusts for its name."""
 
+    NOT_CACHED = "NOT_CACHED"
+    """Offline (``PFX_OFFLINE=1``) and the reference is not in the local cache."""
+
     REGISTRY_UNREACHABLE = "REGISTRY_UNREACHABLE"
     """The registry could not be reached (connection refused, DNS, timeout), retries included."""
 

@@ -575,6 +575,36 @@ def create_organization(
     return {"name": body.name}
 
 
+@router.get("/orgs")
+def list_organizations(connection: ConnectionDep, caller: CallerDep) -> dict[str, Any]:
+    """The organizations the caller belongs to, with their role in each, by name."""
+    service.require_token(caller, "listing your organizations")
+    org = accounts.alias("org")
+    rows = connection.execute(
+        select(org.c.name, memberships.c.role)
+        .join(memberships, memberships.c.org_id == org.c.id)
+        .where(memberships.c.user_id == caller.user_id)
+        .order_by(org.c.name)
+    ).all()
+    return {"orgs": [{"name": name, "role": role} for name, role in rows]}
+
+
+@router.get("/orgs/{org}/members")
+def list_members(org: str, connection: ConnectionDep, caller: CallerDep) -> dict[str, Any]:
+    """The members of an organization and their roles (for its members; 404 for others)."""
+    service.require_token(caller, f"listing the members of {org}")
+    owner = service.namespace(connection, org)
+    if owner.kind != "org" or not at_least(role_in(connection, caller, owner.id), "reader"):
+        raise not_found(f"organization {org}")
+    rows = connection.execute(
+        select(accounts.c.name, memberships.c.role)
+        .join(memberships, memberships.c.user_id == accounts.c.id)
+        .where(memberships.c.org_id == owner.id)
+        .order_by(accounts.c.name)
+    ).all()
+    return {"org": org, "members": [{"user": user, "role": role} for user, role in rows]}
+
+
 class Membership(BaseModel):
     """Body of a membership change."""
 
@@ -759,9 +789,14 @@ def add_key(ns: str, body: NewKey, connection: ConnectionDep, caller: CallerDep)
                 )
             )
     except IntegrityError:
-        pass  # already registered
+        pass  # already registered: the stored name stays
+    name = connection.execute(
+        select(signing_keys.c.name).where(
+            signing_keys.c.account_id == owner.id, signing_keys.c.key_id == key.key_id
+        )
+    ).scalar_one()
     service.audit(connection, caller, "key.add", ns, key_id=key.key_id)
-    return {"key_id": key.key_id, "public_key": key.to_base64(), "name": body.name}
+    return {"key_id": key.key_id, "public_key": key.to_base64(), "name": name}
 
 
 @router.get("/namespaces/{ns}/keys")

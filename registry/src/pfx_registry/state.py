@@ -95,7 +95,7 @@ def _connection(registry: RegistryDep) -> Iterator[Connection]:
         yield connection
 
 
-ConnectionDep = Annotated[Connection, Depends(_connection)]
+ConnectionDep = Annotated[Connection, Depends(_connection, scope="function")]
 
 
 def _counted_connection(registry: RegistryDep) -> Iterator[Connection]:
@@ -106,7 +106,7 @@ def _counted_connection(registry: RegistryDep) -> Iterator[Connection]:
         yield connection
 
 
-CountedConnectionDep = Annotated[Connection, Depends(_counted_connection)]
+CountedConnectionDep = Annotated[Connection, Depends(_counted_connection, scope="function")]
 
 
 async def _caller(

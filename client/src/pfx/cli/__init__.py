@@ -22,7 +22,14 @@ from typer import rich_utils
 from pfx import __version__
 from pfx.errors import ErrorCode
 
-from . import format_commands, generate_command, output
+from . import (
+    account_commands,
+    format_commands,
+    generate_command,
+    local_commands,
+    output,
+    registry_commands,
+)
 
 __all__ = ["app", "main"]
 
@@ -51,10 +58,14 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Share Perfusion concepts: keys, signing, verification, inspection and generation."""
+    """Share Perfusion concepts: keys, signing, verification, inspection, a registry to push to
+    and pull from, and generation."""
 
 
 format_commands.register(app)
+registry_commands.register(app)
+account_commands.register(app)
+local_commands.register(app)
 generate_command.register(app)
 
 

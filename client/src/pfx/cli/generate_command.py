@@ -94,8 +94,14 @@ def generate(
         Path, typer.Option("--model", help="A local diffusers pipeline folder.", show_default=False)
     ],
     concepts: Annotated[
-        list[Path],
-        typer.Option("--concept", "-c", help="A concept file; repeatable.", show_default=False),
+        list[str],
+        typer.Option(
+            "--concept",
+            "-c",
+            help="A concept file, or a registry reference (NS/NAME[:TAG], NS/NAME@sha256:…) "
+            "that is pulled and verified first; repeatable.",
+            show_default=False,
+        ),
     ],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt, with trigger tokens.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the PNG.")],
@@ -125,6 +131,13 @@ def generate(
         bool,
         typer.Option("--allow-base-mismatch", help="Apply concepts made for other base weights."),
     ] = False,
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned",
+            help="Pull references that are unsigned or not signed by a key you trust.",
+        ),
+    ] = False,
     json: JsonFlag = False,
 ) -> None:
     """Generate an image with concepts applied to a local diffusers pipeline (no downloads)."""
@@ -133,7 +146,8 @@ def generate(
         raise typer.BadParameter("one of auto, fp32, fp16, bf16", param_hint="--dtype")
     if not out.parent.is_dir():
         raise FileNotFoundError(2, "No such folder", str(out.parent))
-    loaded = [pf.load(path) for path in concepts]  # bad files fail before any model loads
+    # bad files and refused pulls fail before any model loads
+    loaded = [_concept(source, allow_unsigned) for source in concepts]
     try:
         import torch
 
@@ -208,6 +222,17 @@ def generate(
         )
 
     output.emit(payload, render)
+
+
+def _concept(source: str, allow_unsigned: bool) -> pf.Concept:
+    """The concept in the file ``source``, else the one the registry reference ``source``
+    names, pulled through the cache and the trust policy."""
+    path = Path(source)
+    if path.exists() or source.endswith(".safetensors") or "/" not in source:
+        return pf.load(path)
+    from pfx import transfer
+
+    return pf.load(transfer.pull(source, allow_unsigned=allow_unsigned).path)
 
 
 def register(app: typer.Typer) -> None:

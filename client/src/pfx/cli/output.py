@@ -13,10 +13,13 @@ stranger cannot move the cursor, recolour the terminal or fake lines of output.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,13 +28,14 @@ from rich.table import Table
 from rich.text import Text
 
 import perfusion_format as pf
-from pfx.errors import ClientError, ErrorCode
+from pfx.errors import ClientError, ErrorCode, RegistryError
 
 __all__ = [
     "EXIT_CODES_HELP",
     "EXIT_INTERRUPTED",
     "EXIT_INVALID",
     "EXIT_OK",
+    "EXIT_REGISTRY",
     "EXIT_USAGE",
     "Failure",
     "JsonFlag",
@@ -39,6 +43,7 @@ __all__ = [
     "describe_failure",
     "emit",
     "json_mode",
+    "plain",
     "print_error",
     "print_fields",
     "print_json_error",
@@ -50,11 +55,19 @@ __all__ = [
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_REGISTRY = 3
 EXIT_INTERRUPTED = 130
 
+#: Client codes that mean "this concept is not the one asked for or not trusted" (exit 1, like
+#: a file that fails verification), rather than a usage or I/O problem (exit 2).
+_REFUSED = frozenset({ErrorCode.DIGEST_MISMATCH, ErrorCode.UNTRUSTED})
+#: Client codes about reaching the registry (exit 3, like the registry's own refusals).
+_UNREACHED = frozenset({ErrorCode.REGISTRY_UNREACHABLE, ErrorCode.REGISTRY_PROTOCOL})
+
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success; 1 the file is invalid or fails verification (or an unexpected error); "
-    "2 usage, I/O or key problems; 130 interrupted. "
+    "Exit codes: 0 success; 1 the file is invalid, fails verification or is not trusted (or an "
+    "unexpected error); 2 usage, I/O, config or key problems; 3 the registry refused the request "
+    "or could not be reached; 130 interrupted. "
     "Errors print one line, error[CODE]: message, on stderr; with --json also "
     '{"error": {"code": ..., "message": ...}} on stdout. Set PFX_DEBUG=1 for tracebacks.'
 )
@@ -154,15 +167,35 @@ def describe_failure(error: Exception) -> Failure:
     or does not fit the model); ``OSError`` becomes IO_ERROR (KEY_EXISTS when a file already
     exists) with exit 2; anything else is a bug, INTERNAL_ERROR with exit 1.
     """
+    if isinstance(error, RegistryError) or (
+        isinstance(error, ClientError) and error.code in _UNREACHED
+    ):
+        return Failure(str(error.code), error.message, EXIT_REGISTRY)
     if isinstance(error, pf.PerfusionError):
-        exit_code = EXIT_USAGE if isinstance(error, pf.KeyFileError | ClientError) else EXIT_INVALID
-        return Failure(str(error.code), error.message, exit_code)
+        usage = isinstance(error, pf.KeyFileError | ClientError) and error.code not in _REFUSED
+        return Failure(str(error.code), error.message, EXIT_USAGE if usage else EXIT_INVALID)
     if isinstance(error, FileExistsError):
         return Failure(ErrorCode.KEY_EXISTS, _os_message(error), EXIT_USAGE)
     if isinstance(error, OSError):
         return Failure(ErrorCode.IO_ERROR, _os_message(error), EXIT_USAGE)
     message = f"{type(error).__name__}: {error} (a bug in pfx; PFX_DEBUG=1 shows the traceback)"
     return Failure(ErrorCode.INTERNAL_ERROR, message, EXIT_INVALID)
+
+
+def plain(value: Any) -> Any:
+    """``value`` (dataclasses, lists, dicts, datetimes, paths) as JSON-ready data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return {field.name: plain(getattr(value, field.name)) for field in fields}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def print_json_error(code: str, message: str) -> None:

@@ -1,0 +1,162 @@
+"""A real pfx registry for end-to-end tests: ``pfx-registry serve`` as a subprocess on a free
+loopback port, spoken to over HTTP.
+
+The fixture ``registry_server`` (session scope, registered for every test by tests/conftest.py) is
+parametrized over two backends:
+
+- ``folder+sqlite`` — the embedded defaults, in a pytest tmp folder;
+- ``s3+postgres`` — blobs in a bucket of the session's moto server, downloads answered with 307
+  redirects to presigned URLs (``PFX_S3_REDIRECT=1``), the index in a fresh PostgreSQL database;
+  ``s3+sqlite`` instead where no PostgreSQL is at hand (no ``$PFX_TEST_DATABASE_URL`` and no
+  server binaries for ``.ci/postgres``).
+
+Rate limits are off (``PFX_RATE_LIMIT_TOKEN=0``, ``PFX_RATE_LIMIT_ADDRESS=0``). The registry's
+administrator token comes from ``pfx-registry admin create-token``, as an operator gets it. The
+server is shared by the whole session: tests make names of their own with :func:`unique_name`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backends import DATABASE_URL_VARIABLE, free_port, fresh_postgres_database, stop_process
+
+from pfx.client import Client
+
+PFX_REGISTRY = Path(sys.executable).with_name("pfx-registry")
+_POSTGRES_AVAILABLE = (
+    bool(os.environ.get(DATABASE_URL_VARIABLE))
+    or (Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "initdb").exists()
+)
+BACKENDS = ["folder+sqlite", "s3+postgres" if _POSTGRES_AVAILABLE else "s3+sqlite"]
+#: Settings of the developer's environment that must not reach the test server.
+_CLEARED = ("PFX_DATA_DIR", "PFX_DATABASE_URL", "PFX_S3_BUCKET", "PFX_S3_ENDPOINT", "PFX_S3_PREFIX")
+
+
+def unique_name(prefix: str) -> str:
+    """A namespace or repository name no other test uses: ``prefix-<8 hex>``."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user of the test registry and one token of theirs."""
+
+    name: str
+    token: str
+
+
+@dataclass(frozen=True)
+class RegistryServer:
+    """A running registry: its ``url``, the administrator's ``admin_token`` and ways to act in
+    it as new users."""
+
+    url: str
+    admin_token: str
+    backend: str
+
+    def client(self, token: str | None = None, **options: Any) -> Client:
+        """A :class:`pfx.client.Client` of this registry (anonymous without ``token``)."""
+        return Client(self.url, token, **options)
+
+    def create_token(self, user: str, scope: str = "write") -> str:
+        """A new token of ``user`` with ``scope``, created by the administrator."""
+        with self.client(self.admin_token) as admin:
+            return admin.create_token(unique_name("test"), scope, user=user).token
+
+    def create_user(self, prefix: str = "user", scope: str = "write") -> Account:
+        """A new user (named ``prefix-<hex>``) and a token of theirs with ``scope``."""
+        with self.client(self.admin_token) as admin:
+            name = admin.create_user(unique_name(prefix)).name
+        return Account(name, self.create_token(name, scope))
+
+    def create_org(self, owner: Account, prefix: str = "org") -> str:
+        """A new organization administered by ``owner``; its name."""
+        name = unique_name(prefix)
+        with self.client(owner.token) as client:
+            client.create_org(name)
+        return name
+
+
+def _run_registry(arguments: list[str], environment: dict[str, str], log: Path) -> str:
+    """Run ``pfx-registry ARGUMENTS`` to its end; its stdout (stderr goes to ``log``)."""
+    with open(log, "ab") as stderr:
+        result = subprocess.run(
+            [str(PFX_REGISTRY), *arguments],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    if result.returncode != 0:
+        pytest.fail(f"pfx-registry {arguments[0]} failed:\n{log.read_text()}", pytrace=False)
+    return result.stdout
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Poll ``/readyz`` until it answers 200; fail with the server's output if the process
+    exits or 60 s pass."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    state = "did not become ready" if process.poll() is None else f"exited ({process.returncode})"
+    pytest.fail(f"the registry {state}; its output:\n{log.read_text()}", pytrace=False)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def registry_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryServer]:
+    """A registry server of each backend for the session (see the module docstring)."""
+    blobs, index = request.param.split("+")
+    settings = {"PFX_RATE_LIMIT_TOKEN": "0", "PFX_RATE_LIMIT_ADDRESS": "0"}
+    if blobs == "s3":
+        s3 = request.getfixturevalue("s3_server")  # puts test AWS credentials in os.environ
+        s3.start()  # in case an outage test left it stopped
+        settings |= {
+            "PFX_S3_BUCKET": s3.create_bucket(),
+            "PFX_S3_ENDPOINT": s3.endpoint,
+            "PFX_S3_REDIRECT": "1",
+        }
+    if index == "postgres":
+        settings["PFX_DATABASE_URL"] = fresh_postgres_database(
+            request.getfixturevalue("postgres_url")
+        )
+    environment = {k: v for k, v in os.environ.items() if k not in _CLEARED} | settings
+    folder = tmp_path_factory.mktemp("registry")
+    data, log = folder / "data", folder / "registry.log"
+    admin_token = _run_registry(
+        ["admin", "create-token", "--data", str(data)], environment, log
+    ).split()[-1]
+    port = free_port()
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [str(PFX_REGISTRY), "serve", "--port", str(port), "--data", str(data)],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(process, url, log)
+        yield RegistryServer(url, admin_token, request.param)
+    finally:
+        stop_process(process)
