@@ -39,6 +39,7 @@ import httpx
 
 import perfusion_format as pf
 from pfx import __version__
+from pfx.config import effective_registry, effective_token
 from pfx.errors import ClientError, ErrorCode, RegistryError
 
 __all__ = [
@@ -462,19 +463,31 @@ def _compact(**values: Any) -> dict[str, Any]:
 # -- the client ----------------------------------------------------------------------------------
 
 
+def _configured_registry() -> str:
+    url = effective_registry()
+    if not url:
+        raise ClientError(
+            ErrorCode.USAGE_ERROR,
+            "no registry: pass --registry URL, set PFX_REGISTRY or run `pfx login URL`",
+        )
+    return url
+
+
 class Client:
     """A client of one pfx registry.
 
     ``url`` is the registry's root (``http://127.0.0.1:8700``); ``token`` is sent as
-    ``Authorization: Bearer`` (anonymous without). ``timeout`` applies to connecting and to
-    each read or write. A request is tried at most ``retries + 1`` times; the n-th retry waits
+    ``Authorization: Bearer`` (anonymous without). Without ``url`` the client uses the user's
+    registry and token: ``$PFX_REGISTRY`` / ``$PFX_TOKEN``, else those ``pfx login`` saved
+    (USAGE_ERROR when there is none); a ``token`` given still wins. ``timeout`` applies to
+    connecting and to each read or write. A request is tried at most ``retries + 1`` times; the n-th retry waits
     ``Retry-After`` when the answer has one, else ``backoff * 2**n`` seconds with jitter, never
     more than :data:`MAX_RETRY_WAIT`. ``transport`` replaces httpx's (for tests and proxies).
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         token: str | None = None,
         *,
         timeout: float = 30.0,
@@ -484,6 +497,8 @@ class Client:
     ) -> None:
         if retries < 0 or backoff < 0:
             raise ValueError("retries and backoff cannot be negative")
+        if url is None:
+            url, token = _configured_registry(), token or effective_token()
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff

@@ -37,13 +37,9 @@ __all__ = ["PullResult", "PushResult", "connect", "pull", "push"]
 def connect(registry: str | None = None, token: str | None = None) -> Client:
     """A client of the registry named by ``registry``, ``PFX_REGISTRY`` or the config file (in
     that order), with the token found the same way; USAGE_ERROR when no registry is named."""
-    url = effective_registry(registry)
-    if not url:
-        raise ClientError(
-            ErrorCode.USAGE_ERROR,
-            "no registry: pass --registry URL, set PFX_REGISTRY or run `pfx login URL`",
-        )
-    return Client(url, effective_token(token))
+    if registry is None and token is None:
+        return Client()
+    return Client(effective_registry(registry) or registry, effective_token(token))
 
 
 @dataclass(frozen=True)
