@@ -480,9 +480,10 @@ class Client:
     ``Authorization: Bearer`` (anonymous without). Without ``url`` the client uses the user's
     registry and token: ``$PFX_REGISTRY`` / ``$PFX_TOKEN``, else those ``pfx login`` saved
     (USAGE_ERROR when there is none); a ``token`` given still wins. ``timeout`` applies to
-    connecting and to each read or write. A request is tried at most ``retries + 1`` times; the n-th retry waits
-    ``Retry-After`` when the answer has one, else ``backoff * 2**n`` seconds with jitter, never
-    more than :data:`MAX_RETRY_WAIT`. ``transport`` replaces httpx's (for tests and proxies).
+    connecting and to each read or write. A request is tried at most ``retries + 1`` times; the
+    n-th retry waits ``Retry-After`` when the answer has one, else ``backoff * 2**n`` seconds
+    with jitter, never more than :data:`MAX_RETRY_WAIT`. ``transport`` replaces httpx's (for
+    tests and proxies).
     """
 
     def __init__(
