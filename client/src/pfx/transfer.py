@@ -21,15 +21,18 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import perfusion_format as pf
 from perfusion_format.files import read_bounded
 from pfx.cache import Cache
-from pfx.client import Client, Progress, PublishedVersion
 from pfx.config import effective_registry, effective_token, load_config, offline
 from pfx.errors import ClientError, ErrorCode
 from pfx.reference import Reference, parse_reference
 from pfx.trust import TrustDecision, TrustPolicy, require_trusted
+
+if TYPE_CHECKING:  # httpx loads only when a registry is contacted: cached pulls never need it
+    from pfx.client import Client, Progress, PublishedVersion
 
 __all__ = ["PullResult", "PushResult", "connect", "pull", "push"]
 
@@ -37,6 +40,8 @@ __all__ = ["PullResult", "PushResult", "connect", "pull", "push"]
 def connect(registry: str | None = None, token: str | None = None) -> Client:
     """A client of the registry named by ``registry``, ``PFX_REGISTRY`` or the config file (in
     that order), with the token found the same way; USAGE_ERROR when no registry is named."""
+    from pfx.client import Client
+
     if registry is None and token is None:
         return Client()
     return Client(effective_registry(registry) or registry, effective_token(token))

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import typer
-from typer import rich_utils
 
 from pfx import __version__
 from pfx.errors import ErrorCode
@@ -79,6 +78,8 @@ def main(args: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="pfx", standalone_mode=False)
     except typer.TyperException as error:  # a usage error: shown as typer shows it, exit 2
+        from typer import rich_utils
+
         rich_utils.rich_format_error(error)
         if output.json_mode():
             output.print_json_error(ErrorCode.USAGE_ERROR, error.format_message())

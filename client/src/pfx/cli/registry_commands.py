@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from pfx import transfer
-from pfx.client import Client
 from pfx.config import load_config, save_config
 from pfx.errors import ClientError, ErrorCode
 from pfx.reference import parse_reference
@@ -93,6 +92,8 @@ def login(
         )
     if not token:
         raise ClientError(ErrorCode.USAGE_ERROR, "no token given")
+    from pfx.client import Client  # httpx: loaded by the commands that talk to a registry
+
     with Client(url, token) as client:
         identity = client.whoami()
     if identity.name is None:
