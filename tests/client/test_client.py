@@ -19,6 +19,7 @@ from conftest import build_concept
 from registry_server import Account, RegistryServer, unique_name
 
 import perfusion_format as pf
+import pfx.client
 from pfx import __version__
 from pfx.client import Client, Policy, UploadedBlob, WhoAmI
 from pfx.errors import ClientError, ErrorCode, RegistryError
@@ -365,6 +366,20 @@ def test_answers_that_break_the_protocol(reply: Reply, complaint: str) -> None:
         client.whoami()
     assert caught.value.code == ErrorCode.REGISTRY_PROTOCOL
     assert complaint in caught.value.message
+
+
+def test_an_oversized_answer_is_refused_before_it_fills_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pfx.client, "MAX_ANSWER_BYTES", 1 << 20)
+    huge = Reply(200, b"x" * ((1 << 20) + 1), {"Content-Type": "application/octet-stream"})
+    fits = Reply(200, b"y" * (1 << 20), {"Content-Type": "application/octet-stream"})
+    with scripted(fits, huge) as server, Client(server.url, retries=0) as client:
+        assert client.download_blob("sha256:" + "0" * 64) == b"y" * (1 << 20)
+        with pytest.raises(ClientError) as caught:
+            client.download_blob("sha256:" + "0" * 64)
+    assert caught.value.code == ErrorCode.REGISTRY_PROTOCOL
+    assert "exceeds 1048576 bytes" in caught.value.message
 
 
 def test_timestamps_and_nested_results_are_parsed() -> None:

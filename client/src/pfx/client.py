@@ -79,6 +79,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _CHUNK = 64 * 1024
 _MAX_DETAIL = 500
+#: The most bytes read from one answer: a concept file is at most 4 MiB and the largest JSON
+#: answer (a 100-result search page) well under this; a server sending more is refused.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: The codes of body-less error answers to ``HEAD /v1/blobs/{digest}`` (spec §4.1, §6).
 _HEAD_CODES = {
     400: "DIGEST_INVALID",
@@ -566,15 +569,18 @@ class Client:
         """Send ``request`` once and read the answer whole."""
         response = self._http.send(request, stream=True)
         try:
-            if progress is None or response.status_code != 200:
-                body = response.read()
-            else:
-                total = int(response.headers.get("content-length", "0") or 0)
-                received = bytearray()
-                for chunk in response.iter_bytes():
-                    received += chunk
+            total = int(response.headers.get("content-length", "0") or 0)
+            received = bytearray()
+            for chunk in response.iter_bytes():
+                received += chunk
+                if len(received) > MAX_ANSWER_BYTES:
+                    raise _protocol_error(
+                        f"{request.method} {request.url.path}: the answer exceeds "
+                        f"{MAX_ANSWER_BYTES} bytes"
+                    )
+                if progress is not None and response.status_code == 200:
                     progress(len(received), total)
-                body = bytes(received)
+            body = bytes(received)
         finally:
             response.close()
         return _Answer(request.method, response.status_code, response.headers, body, request.url)
