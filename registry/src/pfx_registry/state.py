@@ -27,6 +27,7 @@ __all__ = [
     "CountedConnectionDep",
     "Registry",
     "RegistryDep",
+    "caller_of",
     "open_registry",
     "transaction",
 ]
@@ -109,9 +110,8 @@ def _counted_connection(registry: RegistryDep) -> Iterator[Connection]:
 CountedConnectionDep = Annotated[Connection, Depends(_counted_connection, scope="function")]
 
 
-async def _caller(
-    registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
+async def caller_of(registry: Registry, authorization: str | None) -> Caller:
+    """The caller an ``Authorization`` header names (anonymous without one), cached briefly."""
     if authorization is None:
         return ANONYMOUS  # no token, no query, no thread
 
@@ -121,6 +121,12 @@ async def _caller(
 
     # keyed by the token's hash: the cache never holds a secret
     return await registry.reads.get(("caller", hash_token(authorization)), lookup)
+
+
+async def _caller(
+    registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    return await caller_of(registry, authorization)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
