@@ -20,7 +20,7 @@ from pfx_registry.db import create_index_engine, repositories
 from pfx_registry.downloads import DownloadCounter
 from pfx_registry.settings import Settings
 
-TTL = 0.5
+TTL = 1.5
 
 
 @pytest.fixture
@@ -51,10 +51,13 @@ def test_a_write_is_seen_at_once_by_its_process_and_within_the_ttl_by_others(
     alice = one.user("alice")
     assert one.push(alice, "alice/c:1", concept_bytes(61), private=False).status_code == 201
     assert _latest(one) == 1 and _latest(two) == 1  # both now hold the answer
+    cached_at = time.monotonic()
 
     assert two.push(alice, "alice/c:2", concept_bytes(62)).status_code == 201
     assert _latest(two) == 2  # the writer's own cache was dropped by its commit
-    assert _latest(one) == 1  # the other replica may answer from its cache …
+    stale = _latest(one)
+    if time.monotonic() - cached_at < TTL:  # (a machine too slow to get here in time skips it)
+        assert stale == 1  # the other replica answers from its cache …
     time.sleep(TTL + 0.1)
     assert _latest(one) == 2  # … for read_cache_seconds at most
 

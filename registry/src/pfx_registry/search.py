@@ -27,16 +27,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     case,
     delete,
     func,
     insert,
     literal,
     literal_column,
-    or_,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -46,6 +45,8 @@ from .errors import Code, RegistryError
 __all__ = ["SORTS", "SearchQuery", "normalise", "refresh", "remove", "run"]
 
 SORTS = ("relevance", "downloads", "recent")
+#: Longer words are cut to this many characters, in documents and queries alike.
+MAX_WORD = 64
 
 documents = Table(
     "search_documents",
@@ -63,12 +64,37 @@ documents = Table(
 
 Index("search_documents_version", documents.c.version_id)
 
+#: Each word of a search document once, with its relevance weight in that document (3 name,
+#: 2 key words, 1 description: the highest where it occurs). A one-word query by relevance reads
+#: this index in score order and stops after one page, however common the word.
+terms = Table(
+    "search_terms",
+    metadata,
+    Column("word", String(MAX_WORD), primary_key=True),
+    Column(
+        "repository_id",
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("weight", Integer, nullable=False),
+)
+Index("search_terms_rank", terms.c.word, terms.c.weight, terms.c.repository_id)
+
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
 
 
 def normalise(value: str) -> str:
     """Lowercase words separated by single spaces: the form both engines index."""
     return _NOT_WORD.sub(" ", value.lower()).strip()
+
+
+def term_weights(name_words: str, key_words: str, text_words: str) -> dict[str, int]:
+    """Each word of a document (cut to :data:`MAX_WORD`) and its relevance weight."""
+    weights: dict[str, int] = {}
+    for words, weight in ((text_words, 1), (key_words, 2), (name_words, 3)):
+        for word in words.split():
+            weights[word[:MAX_WORD]] = weight  # later (heavier) fields overwrite lighter ones
+    return weights
 
 
 def refresh(connection: Connection, repository_id: int) -> None:
@@ -101,6 +127,15 @@ def refresh(connection: Connection, repository_id: int) -> None:
             signers=f" {row.signers} ",
         )
     )
+    weights = term_weights(name_words, key_words, text_words)
+    if weights:
+        connection.execute(
+            insert(terms),
+            [
+                {"word": word, "repository_id": repository_id, "weight": weight}
+                for word, weight in weights.items()
+            ],
+        )
     if connection.dialect.name == "sqlite":
         connection.execute(
             text("INSERT INTO search_fts(rowid, body) VALUES (:id, :body)"),
@@ -111,6 +146,7 @@ def refresh(connection: Connection, repository_id: int) -> None:
 def remove(connection: Connection, repository_id: int) -> None:
     """Drop a repository's search document."""
     connection.execute(delete(documents).where(documents.c.repository_id == repository_id))
+    connection.execute(delete(terms).where(terms.c.repository_id == repository_id))
     if connection.dialect.name == "sqlite":
         connection.execute(text("DELETE FROM search_fts WHERE rowid = :id"), {"id": repository_id})
 
@@ -184,25 +220,36 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
     and the cursor of the next page (None at the end)."""
     if query.sort not in SORTS:
         raise RegistryError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
-    words = normalise(query.q).split()[:16]
-    keys = {
-        # without words every score is 0 and relevance order is newest first: order by the
-        # indexed key itself, so the database reads 20 rows instead of sorting all of them
-        "relevance": _score(words) if words else documents.c.repository_id,
-        "downloads": repositories.c.downloads,
-        "recent": documents.c.version_id,
-    }
-    key = keys[query.sort]
-    # Rank on the documents (and the repositories, for visibility and downloads) alone, cut the
-    # page, and only then join the details of its rows: a common word matches tens of thousands
-    # of documents, and joining all of them before the cut is what made it slow.
-    ranked = (
-        select(documents.c.repository_id, key.label("sort_key"))
-        .join(repositories, repositories.c.id == documents.c.repository_id)
-        .where(visible)
-    )
-    if words:
-        ranked = ranked.where(_full_text(connection, words))
+    words = list(dict.fromkeys(normalise(query.q).split()))[:16]
+    if query.sort == "relevance" and len(words) == 1 and len(words[0]) <= MAX_WORD:
+        # one word: its postings, read in score order from the index (see ``terms``)
+        key, ident = terms.c.weight, terms.c.repository_id
+        ranked = (
+            select(ident, key.label("sort_key"))
+            .select_from(terms)
+            .join(documents, documents.c.repository_id == ident)
+            .join(repositories, repositories.c.id == ident)
+            .where(terms.c.word == words[0], visible)
+        )
+    else:
+        keys = {
+            # without words every score is 0 and relevance order is newest first: order by the
+            # indexed key itself, so the database reads 20 rows instead of sorting all of them
+            "relevance": _score(words) if words else documents.c.repository_id,
+            "downloads": repositories.c.downloads,
+            "recent": documents.c.version_id,
+        }
+        key, ident = keys[query.sort], documents.c.repository_id
+        # Rank on the documents (and the repositories, for visibility and downloads) alone, cut
+        # the page, and only then join the details of its rows: a common word matches tens of
+        # thousands of documents, and joining all of them before the cut is what made it slow.
+        ranked = (
+            select(ident, key.label("sort_key"))
+            .join(repositories, repositories.c.id == ident)
+            .where(visible)
+        )
+        if words:
+            ranked = ranked.where(_full_text(connection, words))
     if query.namespace:
         owner = select(accounts.c.id).where(accounts.c.name == query.namespace)
         ranked = ranked.where(repositories.c.namespace_id.in_(owner.scalar_subquery()))
@@ -216,14 +263,8 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
         ranked = ranked.where(documents.c.signers.contains(f" {query.signer} "))
     if query.cursor:
         last_key, last_id = _decode_cursor(query.cursor, query.sort)
-        ranked = ranked.where(
-            or_(key < last_key, and_(key == last_key, documents.c.repository_id < last_id))
-        )
-    page_ids = (
-        ranked.order_by(key.desc(), documents.c.repository_id.desc())
-        .limit(query.limit + 1)
-        .subquery()
-    )
+        ranked = ranked.where(tuple_(key, ident) < tuple_(last_key, last_id))
+    page_ids = ranked.order_by(key.desc(), ident.desc()).limit(query.limit + 1).subquery()
     rows = connection.execute(
         select(
             documents,
