@@ -76,6 +76,31 @@ def test_relevance_filters_and_sorts(world: World) -> None:
 
 
 @pytest.mark.parametrize("world", ["folder+sqlite", "folder+postgres"], indirect=True)
+def test_one_word_search_follows_every_change(world: World) -> None:
+    """One-word queries read their own index (search_terms): edits, visibility, yanks and
+    deletions must reach it as they reach the full-text documents."""
+    token, _ = _publish_catalogue(world)
+    auth = world.auth(token)
+    edited = world.client.patch(
+        "/v1/concepts/alice/cat",
+        json={"description": "a ginger cat in a teddy costume"},
+        headers=auth,
+    )
+    assert edited.status_code == 200
+    assert _names(world, q="teddy") == ["teddy", "old-bear", "cat", "teapot"]
+    assert _names(world, q="ginger") == ["cat"]
+    world.client.patch("/v1/concepts/alice/cat", json={"description": "a cat"}, headers=auth)
+    assert _names(world, q="ginger") == []
+    world.client.patch("/v1/concepts/alice/teapot", json={"private": True}, headers=auth)
+    assert _names(world, q="teddy") == ["teddy", "old-bear"]
+    world.client.post("/v1/concepts/alice/old-bear/versions/1/yank", headers=auth)
+    assert _names(world, q="teddy") == ["teddy"]
+    assert world.client.delete("/v1/concepts/alice/teddy", headers=auth).status_code == 204
+    assert _names(world, q="teddy") == []
+    assert _names(world, q="pet") == ["dog", "cat"]
+
+
+@pytest.mark.parametrize("world", ["folder+sqlite", "folder+postgres"], indirect=True)
 def test_cursor_pages_are_stable_while_concepts_are_added(world: World) -> None:
     token = world.user("alice")
     for seed in range(7):
