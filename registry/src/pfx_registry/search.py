@@ -65,8 +65,9 @@ documents = Table(
 Index("search_documents_version", documents.c.version_id)
 
 #: Each word of a search document once, with its relevance weight in that document (3 name,
-#: 2 key words, 1 description: the highest where it occurs). A one-word query by relevance reads
-#: this index in score order and stops after one page, however common the word.
+#: 2 key words, 1 description: the highest where it occurs) and the document's version (its
+#: recency). A one-word query by relevance or recency reads this table's index in that order and
+#: stops after one page, however common the word.
 terms = Table(
     "search_terms",
     metadata,
@@ -77,8 +78,11 @@ terms = Table(
         primary_key=True,
     ),
     Column("weight", Integer, nullable=False),
+    Column("version_id", Integer, nullable=False),
 )
 Index("search_terms_rank", terms.c.word, terms.c.weight, terms.c.repository_id)
+Index("search_terms_recent", terms.c.word, terms.c.version_id, terms.c.repository_id)
+Index("search_terms_repository", terms.c.repository_id)  # refresh/remove delete by repository
 
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -132,7 +136,12 @@ def refresh(connection: Connection, repository_id: int) -> None:
         connection.execute(
             insert(terms),
             [
-                {"word": word, "repository_id": repository_id, "weight": weight}
+                {
+                    "word": word,
+                    "repository_id": repository_id,
+                    "weight": weight,
+                    "version_id": row.version_id,
+                }
                 for word, weight in weights.items()
             ],
         )
@@ -221,9 +230,10 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
     if query.sort not in SORTS:
         raise RegistryError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
     words = list(dict.fromkeys(normalise(query.q).split()))[:16]
-    if query.sort == "relevance" and len(words) == 1 and len(words[0]) <= MAX_WORD:
-        # one word: its postings, read in score order from the index (see ``terms``)
-        key, ident = terms.c.weight, terms.c.repository_id
+    one_word_keys = {"relevance": terms.c.weight, "recent": terms.c.version_id}
+    if query.sort in one_word_keys and len(words) == 1 and len(words[0]) <= MAX_WORD:
+        # one word: its postings, read in score or recency order from an index (see ``terms``)
+        key, ident = one_word_keys[query.sort], terms.c.repository_id
         ranked = (
             select(ident, key.label("sort_key"))
             .select_from(terms)
