@@ -42,6 +42,7 @@ format: install
 bench: install
 	$(PY) bench/format.py
 	$(PY) bench/runtime.py
+	$(PY) bench/training.py
 
 # Needs wrk, nginx and pypiserver (see bench/registry.py); about 10 minutes.
 bench-registry: install

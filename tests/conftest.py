@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,6 +57,18 @@ def make_concept() -> ConceptFactory:
 def signing_key() -> pf.PrivateKey:
     """A fresh Ed25519 key for the test session."""
     return pf.PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``): a
+    tiny model on several threads of a busy CPU (xdist, other jobs) is many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _load_fixture_module(name: str, path: Path) -> ModuleType:

@@ -17,15 +17,22 @@ server is shared by the whole session: tests make names of their own with :func:
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -160,3 +167,119 @@ def registry_server(
         yield RegistryServer(url, admin_token, request.param)
     finally:
         stop_process(process)
+
+
+# -- stand-ins -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a scripted server answers; with ``cut``, only the body's first ``cut`` bytes are
+    sent (after a ``Content-Length`` announcing all of them), then the connection is closed."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    cut: int | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request a scripted server received."""
+
+    method: str
+    path: str
+    headers: Message
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """A scripted server's address and the requests it has received."""
+
+    url: str
+    seen: list[Seen]
+
+
+def error_reply(status: int, code: str, **headers: str) -> Reply:
+    """The registry's error shape."""
+    body = json.dumps({"error": {"code": code, "message": "scripted"}}).encode()
+    return Reply(status, body, {"Content-Type": "application/json", **headers})
+
+
+@contextmanager
+def scripted(*replies: Reply) -> Iterator[Scripted]:
+    """An HTTP server on a loopback socket that answers its n-th request with ``replies[n]``
+    (the last reply forever) and records every request."""
+    seen: list[Seen] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(Seen(self.command, self.path, self.headers))
+            reply = replies[min(len(seen), len(replies)) - 1]
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(reply.body[: reply.cut])
+            if reply.cut is not None:
+                self.close_connection = True
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = answer
+
+        def log_message(self, *_arguments: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Scripted(f"http://127.0.0.1:{server.server_port}", seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until either closes, then shut both down."""
+    with suppress(OSError):
+        while data := source.recv(64 * 1024):
+            sink.sendall(data)
+    for end in (source, sink):
+        with suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def relay(target: str) -> Iterator[str]:
+    """A TCP relay from a free loopback port to the server at the URL ``target``: the URL to use
+    instead. On exit it stops listening and cuts every connection, so from then on its URL is a
+    registry that is down (connections refused)."""
+    parts = urlsplit(target)
+    listener = socket.create_server(("127.0.0.1", 0))
+    open_sockets = [listener]
+
+    def accept() -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:  # the listener was closed
+                return
+            far = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80))
+            open_sockets.extend((near, far))
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        for end in open_sockets:
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+        thread.join()

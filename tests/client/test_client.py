@@ -5,18 +5,14 @@ for retries, redirects and answers that break the protocol."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from backends import free_port
 from conftest import build_concept
-from registry_server import Account, RegistryServer, unique_name
+from registry_server import Account, RegistryServer, Reply, error_reply, scripted, unique_name
 
 import perfusion_format as pf
 import pfx.client
@@ -244,73 +240,6 @@ def test_organizations_and_members(
 
 
 # -- against scripted servers -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a scripted server answers."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A request a scripted server received."""
-
-    method: str
-    path: str
-    headers: Message
-
-
-@dataclass(frozen=True)
-class Scripted:
-    """A scripted server's address and the requests it has received."""
-
-    url: str
-    seen: list[Seen]
-
-
-def error_reply(status: int, code: str, **headers: str) -> Reply:
-    """The registry's error shape."""
-    body = json.dumps({"error": {"code": code, "message": "scripted"}}).encode()
-    return Reply(status, body, {"Content-Type": "application/json", **headers})
-
-
-@contextmanager
-def scripted(*replies: Reply) -> Iterator[Scripted]:
-    """An HTTP server on a loopback socket that answers its n-th request with ``replies[n]``
-    (the last reply forever) and records every request."""
-    seen: list[Seen] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append(Seen(self.command, self.path, self.headers))
-            reply = replies[min(len(seen), len(replies)) - 1]
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(reply.body)
-
-        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = answer
-
-        def log_message(self, *_arguments: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Scripted(f"http://127.0.0.1:{server.server_port}", seen)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 WHOAMI = Reply(200, b'{"name": "alice", "scope": "read", "admin": false}')

@@ -92,12 +92,7 @@ def pull(
                 ErrorCode.NOT_CACHED,
                 f"{ref} is not in the cache and PFX_OFFLINE is set (pull it online first)",
             )
-        client = client or connect()
-        registry = client.url
-        if digest is None:
-            digest = client.resolve(ref.namespace, ref.name, ref.target).digest
-            path = cache.get(digest)
-        data = path.read_bytes() if path else _download(client, ref, digest, progress)
+        registry, digest, path, data = _fetch(client, cache, ref, digest, progress)
     decision = trust.evaluate(ref.repository, data, allow_unsigned=allow_unsigned)
     require_trusted(decision)
     from_cache = path is not None
@@ -107,6 +102,29 @@ def pull(
     if output is not None:
         _copy(path, output)
     return PullResult(str(ref), digest, output or path, len(data), from_cache, decision)
+
+
+def _fetch(
+    client: Client | None,
+    cache: Cache,
+    ref: Reference,
+    digest: str | None,
+    progress: Progress | None,
+) -> tuple[str, str, Path | None, bytes]:
+    """Online: the registry's URL, the digest ``ref`` names (resolved unless given), its cached
+    path if any, and its bytes (from the cache, else downloaded and checked against the digest).
+    A client made here is closed here."""
+    own = client is None
+    client = client or connect()
+    try:
+        if digest is None:
+            digest = client.resolve(ref.namespace, ref.name, ref.target).digest
+        path = cache.get(digest)
+        data = path.read_bytes() if path else _download(client, ref, digest, progress)
+        return client.url, digest, path, data
+    finally:
+        if own:
+            client.close()
 
 
 def _download(client: Client, ref: Reference, digest: str, progress: Progress | None) -> bytes:

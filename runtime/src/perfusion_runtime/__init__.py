@@ -5,14 +5,29 @@
     >>> image = pipe("a <teddy> sailing in a <teapot>").images[0]
     >>> handle.set_gate("<teddy>", beta=0.6)   # per concept, from the next call on
     >>> handle.remove()                        # the pipeline is exactly as before
+    >>> concept = pr.train(pipe, "photos/", pr.TrainingConfig(token="<dog>", superclass="dog"))
 
 The edit itself (:mod:`perfusion_runtime.edit`) is plain torch, for tools with their own model
 code; :func:`patch_cross_attention` patches any module tree of diffusers ``Attention`` layers.
+:func:`estimate_covariance` / :func:`save_covariance` / :func:`load_covariance` keep a text
+encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`);
+:func:`import_checkpoint` converts perfusion-pytorch and ChenDarYen checkpoints
+(:mod:`perfusion_runtime.importers`).
 """
 
-from .concepts import build_covariance, default_captions, encode_prompts, new_concept
+from .concepts import (
+    Covariance,
+    build_covariance,
+    default_captions,
+    encode_prompts,
+    estimate_covariance,
+    new_concept,
+    parse_captions,
+)
+from .covariance import load_covariance, save_covariance
 from .edit import ConceptSet, ConceptVectors, LayerEdit
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
+from .importers import import_checkpoint
 from .pipeline import (
     PerfusionHandle,
     PipelineLayout,
@@ -20,28 +35,40 @@ from .pipeline import (
     load_concept,
     pipeline_fingerprint,
     pipeline_layout,
+    text_encoder_fingerprint,
 )
 from .processor import PerfusionAttnProcessor, patch_cross_attention
+from .training import TrainingConfig, TrainingProgress, train
 
 __all__ = [
     "ConceptSet",
     "ConceptVectors",
+    "Covariance",
     "LayerEdit",
     "PerfusionAttnProcessor",
     "PerfusionHandle",
     "PerfusionRuntimeError",
     "PipelineLayout",
     "RuntimeErrorCode",
+    "TrainingConfig",
+    "TrainingProgress",
     "__version__",
     "apply",
     "build_covariance",
     "default_captions",
     "encode_prompts",
+    "estimate_covariance",
+    "import_checkpoint",
     "load_concept",
+    "load_covariance",
     "new_concept",
+    "parse_captions",
     "patch_cross_attention",
     "pipeline_fingerprint",
     "pipeline_layout",
+    "save_covariance",
+    "text_encoder_fingerprint",
+    "train",
 ]
 
 __version__ = "0.1.0"

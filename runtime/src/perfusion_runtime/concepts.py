@@ -3,7 +3,8 @@ does (the starting point of training, and a convenient valid concept for tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -17,12 +18,18 @@ from .pipeline import pipeline_fingerprint, pipeline_layout
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "Covariance",
     "build_covariance",
+    "covariance_factor",
     "default_captions",
     "encode_prompts",
+    "estimate_covariance",
     "gate_direction",
     "new_concept",
+    "parse_captions",
+    "solve_gate",
     "superclass_token_ids",
+    "unet_conditioning",
 ]
 
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -31,10 +38,29 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 RIDGE = 1e-4
 
 
+def parse_captions(text: str) -> list[str]:
+    """The captions of a caption file: one a line; blank lines and ``#`` comments are skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def default_captions() -> list[str]:
     """The caption list bundled with the runtime (320 varied captions)."""
     text = resources.files("perfusion_runtime").joinpath("data/captions.txt").read_text()
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
+    return parse_captions(text)
+
+
+def unet_conditioning(pipe: Any, prompts: Sequence[str]) -> tuple[Tensor, Tensor | None]:
+    """The pipeline's own ``encode_prompt`` without guidance, differentiable: the encodings
+    [B, T, d] its UNet's cross-attention reads (on the execution device, in the text encoder's
+    dtype) and, for SDXL, the pooled text embeddings [B, d₂] (else None)."""
+    outputs = pipe.encode_prompt(
+        prompt=list(prompts),
+        device=pipe._execution_device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=False,
+    )
+    return outputs[0], outputs[2] if len(outputs) > 2 else None
 
 
 @torch.no_grad()
@@ -52,24 +78,44 @@ def encode_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[Tensor, Tensor, T
         truncation=True,
         return_tensors="pt",
     )
-    embeds = pipe.encode_prompt(
-        prompt=list(prompts),
-        device=pipe._execution_device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=False,
-    )[0]
+    embeds = unet_conditioning(pipe, prompts)[0]
     return embeds.float().cpu(), tokens.input_ids, tokens.attention_mask
 
 
+#: Called after each batch of captions with (captions encoded so far, all captions).
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Covariance:
+    """An input covariance C and what it was estimated from.
+
+    ``matrix`` is float64 [d, d] on the CPU; ``captions`` and ``tokens`` count the captions and
+    the non-padding tokens averaged over. ``text_encoder`` is the fingerprint of the text
+    encoders that made it (:func:`~perfusion_runtime.text_encoder_fingerprint`), known once the
+    covariance has been saved or loaded (:mod:`perfusion_runtime.covariance`).
+    """
+
+    matrix: Tensor
+    captions: int
+    tokens: int
+    text_encoder: str | None = None
+
+
 @torch.no_grad()
-def build_covariance(
-    pipe: Any, captions: Sequence[str] | None = None, batch_size: int = 32
-) -> Tensor:
-    """C = (1/N) Σ e eᵀ, uncentered, over the encodings of every non-padding token of
-    ``captions`` (default: :func:`default_captions`), float64 [d, d] on the CPU."""
+def estimate_covariance(
+    pipe: Any,
+    captions: Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> Covariance:
+    """C = (1/N) Σ e eᵀ, uncentered, over the encodings of every non-padding token (start and
+    end tokens included) of ``captions`` (default: :func:`default_captions`), encoded
+    ``batch_size`` captions at a time exactly as the pipeline encodes prompts."""
     captions = list(default_captions() if captions is None else captions)
-    if not captions:
-        raise ValueError("build_covariance needs at least one caption")
+    if not captions or batch_size < 1:
+        raise ValueError("estimating a covariance needs at least one caption and batch_size ≥ 1")
     total: Tensor | None = None
     count = 0
     for start in range(0, len(captions), batch_size):
@@ -77,16 +123,41 @@ def build_covariance(
         rows = embeds[mask.bool()].double()
         total = rows.T @ rows if total is None else total + rows.T @ rows
         count += rows.shape[0]
+        if progress is not None:
+            progress(min(start + batch_size, len(captions)), len(captions))
     assert total is not None
-    return total / count
+    return Covariance(total / count, len(captions), count)
+
+
+def build_covariance(
+    pipe: Any, captions: Sequence[str] | None = None, batch_size: int = 32
+) -> Tensor:
+    """C, float64 [d, d] on the CPU: :func:`estimate_covariance`'s matrix."""
+    return estimate_covariance(pipe, captions, batch_size=batch_size).matrix
+
+
+def covariance_factor(covariance: Tensor) -> Tensor:
+    """The Cholesky factor L (float64, CPU) of C plus a small ridge (``RIDGE`` × mean diagonal),
+    so that each u = C⁻¹ i* costs O(d²) (:func:`solve_gate`); INVALID_COVARIANCE unless C is
+    positive semi-definite."""
+    c = covariance.double().cpu()
+    ridge = RIDGE * torch.diagonal(c).mean()
+    factor, info = torch.linalg.cholesky_ex(c + ridge * torch.eye(c.shape[0], dtype=torch.float64))
+    if info != 0 or not ridge > 0:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.INVALID_COVARIANCE, "C is not positive semi-definite"
+        )
+    return factor
+
+
+def solve_gate(factor: Tensor, target_input: Tensor) -> Tensor:
+    """u = C⁻¹ i* (float32) from :func:`covariance_factor`'s L."""
+    return torch.cholesky_solve(target_input.double().cpu()[:, None], factor)[:, 0].float()
 
 
 def gate_direction(covariance: Tensor, target_input: Tensor) -> Tensor:
     """u = C⁻¹ i*, solved in float64 with a small ridge (``RIDGE`` × mean diagonal)."""
-    c = covariance.double()
-    ridge = RIDGE * torch.diagonal(c).mean()
-    eye = torch.eye(c.shape[0], dtype=torch.float64)
-    return torch.linalg.solve(c + ridge * eye, target_input.double()).float()
+    return solve_gate(covariance_factor(covariance), target_input)
 
 
 def superclass_token_ids(pipe: Any, superclass: str) -> dict[str, int]:

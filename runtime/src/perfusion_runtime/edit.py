@@ -11,7 +11,12 @@ input space, ``K = W_k (e − Σ sₙ i*ₙ + Σ gₙ i_sₙ)``, and needs no pe
 carry explicit key targets add ``Σ gₙ o_kₙ`` after the projection instead. Values add the
 learned ``Σ gₙ o_vₙ``. Projections are called, never read: a LoRA adapter on ``to_k``/``to_v``
 still applies.
-Scores and gates are computed in float32 whatever the model's dtype.
+Scores and gates are computed in float32 whatever the model's dtype (under autocast too).
+
+Training runs through this same code: the edit is differentiable in the encodings and in the
+value targets (pass leaf tensors that require grad to :class:`LayerEdit`), and
+:meth:`ConceptSet.set_vectors` moves i*, u and i_s between steps. Only float32 inference with
+autograd off takes the fused in-place path.
 
 Tools with their own attention code build a :class:`ConceptSet` and one :class:`LayerEdit` per
 cross-attention layer, then call ``edit.keys(e, to_k)`` and ``edit.values(e, to_v)`` where they
@@ -20,9 +25,10 @@ would have called ``to_k(e)`` and ``to_v(e)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -100,6 +106,15 @@ class EditInputs:
     key_inputs: Tensor
 
 
+def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast off for ``device`` where it is on, so scores and gates stay float32."""
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        enabled = False
+    return torch.autocast(device.type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class _DeviceCache:
     """Copies of a set of tensors per (device, dtype), made on first use."""
 
@@ -127,12 +142,21 @@ class ConceptSet:
         if not concepts:
             raise ValueError("a ConceptSet needs at least one concept")
         self.tokens = tuple(concept.token for concept in concepts)
+        self._concepts = list(concepts)
+        self._vectors = self._stacked_vectors()
+        self._gate_values = [(c.beta, c.tau) for c in concepts]
+        self._gates = self._gate_tensors()
+        self._last: tuple[Tensor, int, _DeviceCache, EditInputs] | None = None
+        self._last_split: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
+
+    def _stacked_vectors(self) -> _DeviceCache:
+        concepts = self._concepts
         targets = torch.stack([c.target_input for c in concepts])
         directions = torch.stack([c.gate_direction for c in concepts])
         normaliser = (targets.double() * directions.double()).sum(-1, keepdim=True)
         zeros = torch.zeros_like(targets[0])
         locked = [c.superclass_input is not None for c in concepts]
-        self._vectors = _DeviceCache(
+        return _DeviceCache(
             {
                 "locked": torch.tensor(locked, dtype=torch.float32),
                 "targets": targets,
@@ -142,10 +166,6 @@ class ConceptSet:
                 ),
             }
         )
-        self._gate_values = [(c.beta, c.tau) for c in concepts]
-        self._gates = self._gate_tensors()
-        self._last: tuple[Tensor, int, _DeviceCache, EditInputs] | None = None
-        self._last_split: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
 
     def _gate_tensors(self) -> _DeviceCache:
         betas, taus = zip(*self._gate_values, strict=True)
@@ -176,6 +196,20 @@ class ConceptSet:
         check_gate(beta, tau)
         self._gate_values[index] = (beta, tau)
         self._gates = self._gate_tensors()
+
+    def set_vectors(
+        self, index: int, target_input: Tensor, gate_direction: Tensor, superclass_input: Tensor
+    ) -> None:
+        """Replace concept ``index``'s i*, u and i_s (float32 [d], no gradient), as training
+        does after each EMA update; takes effect at the next forward pass."""
+        self._concepts[index] = replace(
+            self._concepts[index],
+            target_input=target_input,
+            gate_direction=gate_direction,
+            superclass_input=superclass_input,
+        )
+        self._vectors = self._stacked_vectors()
+        self._last = None
 
     def vectors(self, device: torch.device) -> dict[str, Tensor]:
         """``targets``, ``directions``, ``key_inputs`` and the ``locked`` mask [N] on ``device``."""
@@ -211,11 +245,12 @@ class ConceptSet:
             return last[3]
         vectors = self._vectors.on(encodings.device)
         gates = self._gates.on(encodings.device)
-        e = encodings.float()
-        scores = e @ vectors["directions"].T
-        gate = torch.sigmoid((scores - gates["beta"]) / gates["tau"])
-        value_inputs = e - scores @ vectors["targets"]
-        key_inputs = value_inputs + (gate * vectors["locked"]) @ vectors["key_inputs"]
+        with _without_autocast(encodings.device):
+            e = encodings.float()
+            scores = e @ vectors["directions"].T
+            gate = torch.sigmoid((scores - gates["beta"]) / gates["tau"])
+            value_inputs = e - scores @ vectors["targets"]
+            key_inputs = value_inputs + (gate * vectors["locked"]) @ vectors["key_inputs"]
         result = EditInputs(
             scores, gate, value_inputs.to(encodings.dtype), key_inputs.to(encodings.dtype)
         )
@@ -225,7 +260,11 @@ class ConceptSet:
 
 class LayerEdit:
     """The edit of one cross-attention layer: value targets o_v [N, m] and, for concepts with
-    explicit key targets, o_k [N, m] (zero rows for key-locked concepts)."""
+    explicit key targets, o_k [N, m] (zero rows for key-locked concepts).
+
+    float32 targets are kept as given, not copied: training passes its trainable leaf tensors
+    (on the device the layer runs on) and the edit's output is differentiable in them.
+    """
 
     def __init__(
         self, concepts: ConceptSet, value_targets: Tensor, key_targets: Tensor | None = None

@@ -34,9 +34,13 @@ __all__ = [
     "PerfusionHandle",
     "PipelineLayout",
     "apply",
+    "check_not_applied",
+    "check_token_free",
+    "install",
     "load_concept",
     "pipeline_fingerprint",
     "pipeline_layout",
+    "text_encoder_fingerprint",
 ]
 
 ConceptSource = str | os.PathLike[str] | bytes | pf.Concept
@@ -137,6 +141,23 @@ def pipeline_fingerprint(pipe: Any, layers: Sequence[tuple[str, int]]) -> str:
     return cached[1]
 
 
+def text_encoder_fingerprint(pipe: Any) -> str:
+    """The fingerprint of ``pipe``'s text encoders: what an input covariance was estimated with.
+
+    The construction of the base fingerprint (spec §4.3: name, rank, dimensions and the packed
+    sign bits of each tensor, SHA-256) applied to every parameter of every text encoder, named
+    ``<component>.<parameter>`` (e.g. ``text_encoder.text_model.final_layer_norm.weight``),
+    encoders in family order (``text_encoder``, then ``text_encoder_2``), parameters sorted by
+    name. Only sign bits enter it, so it is the same in float32, float16 and bfloat16; the
+    component prefix keeps it apart from any base fingerprint, which covers UNet weights.
+    """
+    return pf.base_fingerprint(
+        (f"{name}.{key}", torch.signbit(parameter.detach()).cpu().numpy())
+        for name, _ in pipeline_layout(pipe).text_encoders
+        for key, parameter in sorted(getattr(pipe, name).named_parameters())
+    )
+
+
 def _check_fits(concept: pf.Concept, layout: PipelineLayout) -> None:
     """Refuse a concept whose family, layers or text widths differ from the pipeline's."""
     if concept.family.name != layout.family:
@@ -168,6 +189,27 @@ def _check_base(concept: pf.Concept, pipe: Any, allow_mismatch: bool) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+def check_token_free(pipe: Any, token: str) -> None:
+    """Refuse (DUPLICATE_TOKEN) a trigger token that one of ``pipe``'s tokenizers already knows."""
+    for _, tokenizer_name in _TEXT_COMPONENTS:
+        tokenizer = getattr(pipe, tokenizer_name, None)
+        if tokenizer is not None and in_vocabulary(tokenizer, token):
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.DUPLICATE_TOKEN,
+                f"{token} is already a token of the pipeline's {tokenizer_name}; "
+                "pick a trigger token that is not a word, like <my-teddy>",
+            )
+
+
+def check_not_applied(pipe: Any) -> None:
+    """Refuse (ALREADY_APPLIED) a pipeline that has concepts applied."""
+    if pipe.__dict__.get(_HANDLE_ATTRIBUTE) is not None:
+        raise PerfusionRuntimeError(
+            RuntimeErrorCode.ALREADY_APPLIED,
+            "this pipeline already has concepts applied: remove them first, or apply all at once",
+        )
+
+
 def _check_tokens(concepts: Sequence[pf.Concept], pipe: Any) -> None:
     seen: set[str] = set()
     for concept in concepts:
@@ -176,14 +218,7 @@ def _check_tokens(concepts: Sequence[pf.Concept], pipe: Any) -> None:
                 RuntimeErrorCode.DUPLICATE_TOKEN, f"two concepts use the token {concept.token}"
             )
         seen.add(concept.token)
-        for _, tokenizer_name in _TEXT_COMPONENTS:
-            tokenizer = getattr(pipe, tokenizer_name, None)
-            if tokenizer is not None and in_vocabulary(tokenizer, concept.token):
-                raise PerfusionRuntimeError(
-                    RuntimeErrorCode.DUPLICATE_TOKEN,
-                    f"{concept.token} is already a token of the pipeline's {tokenizer_name}; "
-                    "pick a trigger token that is not a word, like <my-teddy>",
-                )
+        check_token_free(pipe, concept.token)
 
 
 def _layer_edits(vectors: Sequence[ConceptVectors], layout: PipelineLayout) -> dict[str, LayerEdit]:
@@ -339,11 +374,7 @@ def apply(
     loaded = [load_concept(source) for source in sources]
     if not loaded:
         raise ValueError("apply() needs at least one concept")
-    if pipe.__dict__.get(_HANDLE_ATTRIBUTE) is not None:
-        raise PerfusionRuntimeError(
-            RuntimeErrorCode.ALREADY_APPLIED,
-            "this pipeline already has concepts applied: remove them first, or apply all at once",
-        )
+    check_not_applied(pipe)
     if beta is not None or tau is not None:
         check_gate(0.0 if beta is None else beta, 1.0 if tau is None else tau)
     layout = pipeline_layout(pipe)
@@ -352,11 +383,31 @@ def apply(
         _check_base(concept, pipe, allow_base_mismatch)
     _check_tokens(loaded, pipe)
     vectors = [ConceptVectors.from_concept(c, beta, tau) for c in loaded]
-    edits = _layer_edits(vectors, layout)
-    concept_set = next(iter(edits.values())).concepts
-    tokens = [concept.token for concept in loaded]
+    rows = {
+        encoder: torch.cat([torch.tensor(c.embeddings[encoder]) for c in loaded])
+        for encoder, _ in layout.text_encoders
+    }
+    superclasses = {c.token: c.superclass for c in loaded} if global_locking else None
+    return install(pipe, _layer_edits(vectors, layout), rows, superclasses)
 
-    # Nothing was changed so far; from here on the pipeline is modified.
+
+def install(
+    pipe: Any,
+    edits: dict[str, LayerEdit],
+    rows: dict[str, torch.Tensor],
+    superclasses: dict[str, str] | None = None,
+) -> PerfusionHandle:
+    """Put prepared edits into ``pipe`` and return the handle that takes them out again.
+
+    ``edits`` (one :class:`LayerEdit` per attn2 path, sharing one :class:`ConceptSet`) go on the
+    UNet's processors; ``rows`` [N, d_enc] per text encoder are the concepts' embeddings, in the
+    concept set's order, read by a :class:`ConceptEmbedding` behind a tokenizer that knows the
+    tokens. With ``superclasses`` (token → word), global locking. Only ALREADY_APPLIED is checked
+    here: :func:`apply` validates the files first; training passes its trainable tensors.
+    """
+    check_not_applied(pipe)
+    concept_set = next(iter(edits.values())).concepts
+    tokens = list(concept_set.tokens)
     originals: dict[str, Any] = {}
     nbytes = concept_set.nbytes + sum(edit.nbytes for edit in edits.values())
     for encoder_name, tokenizer_name in _TEXT_COMPONENTS:
@@ -366,15 +417,14 @@ def apply(
         tokenizer = getattr(pipe, tokenizer_name)
         extended = extended_tokenizer(tokenizer, tokens)
         base = encoder.get_input_embeddings()
-        rows = torch.cat([torch.tensor(c.embeddings[encoder_name]) for c in loaded])
-        embedding = ConceptEmbedding(base, len(tokenizer), rows)
+        embedding = ConceptEmbedding(base, len(tokenizer), rows[encoder_name])
         originals[encoder_name], originals[tokenizer_name] = base, tokenizer
         encoder.set_input_embeddings(embedding)
         setattr(pipe, tokenizer_name, extended)
         nbytes += embedding.rows.numel() * embedding.rows.element_size()
-    patch = patch_cross_attention(pipe.unet, edits, global_locking)
-    if global_locking:
-        _wrap_encode_prompt(pipe, {c.token: c.superclass for c in loaded})
+    patch = patch_cross_attention(pipe.unet, edits, superclasses is not None)
+    if superclasses is not None:
+        _wrap_encode_prompt(pipe, superclasses)
     handle = PerfusionHandle(pipe, concept_set, patch, originals, nbytes)
     pipe.__dict__[_HANDLE_ATTRIBUTE] = handle
     return handle

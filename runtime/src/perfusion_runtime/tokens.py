@@ -55,16 +55,17 @@ class ConceptEmbedding(nn.Module):
     """An input-embedding layer: ids from ``first_id`` on read ``rows``, the rest ``base``.
 
     ``base`` is the text encoder's original ``nn.Embedding`` (not copied); ``rows`` [k, d] is a
-    buffer, so it follows the encoder through ``.to()`` and model CPU offload.
+    buffer, so it follows the encoder through ``.to()`` and model CPU offload. Rows that require
+    grad (training's trainable rows) are kept as given, in their own dtype, and cast on use.
     """
 
     def __init__(self, base: nn.Embedding, first_id: int, rows: Tensor) -> None:
         super().__init__()
         self.base = base
         self.first_id = first_id
-        self.register_buffer(
-            "rows", rows.to(device=base.weight.device, dtype=base.weight.dtype), persistent=False
-        )
+        if not rows.requires_grad:
+            rows = rows.to(device=base.weight.device, dtype=base.weight.dtype)
+        self.register_buffer("rows", rows, persistent=False)
 
     @property
     def weight(self) -> Tensor:
@@ -80,5 +81,5 @@ class ConceptEmbedding(nn.Module):
         """Embed ``ids``: a row of ``rows`` for the added tokens, the original layer otherwise."""
         added = ids >= self.first_id
         embedded = self.base(torch.where(added, 0, ids))
-        extra = self.rows[torch.where(added, ids - self.first_id, 0)]
+        extra = self.rows[torch.where(added, ids - self.first_id, 0)].to(embedded.dtype)
         return torch.where(added.unsqueeze(-1), extra, embedded)

@@ -23,11 +23,13 @@ from pfx.errors import ErrorCode
 
 from . import (
     account_commands,
+    checkpoint_commands,
     format_commands,
     generate_command,
     local_commands,
     output,
     registry_commands,
+    train_command,
 )
 
 __all__ = ["app", "main"]
@@ -66,6 +68,8 @@ registry_commands.register(app)
 account_commands.register(app)
 local_commands.register(app)
 generate_command.register(app)
+checkpoint_commands.register(app)
+train_command.register(app)
 
 
 def _debug() -> bool:
@@ -75,13 +79,15 @@ def _debug() -> bool:
 def main(args: Sequence[str] | None = None) -> int:
     """Run the ``pfx`` command line on ``args`` (default ``sys.argv[1:]``); return the exit code."""
     output.set_json_mode(False)
+    arguments = list(sys.argv[1:] if args is None else args)
     try:
-        result = app(args=args, prog_name="pfx", standalone_mode=False)
+        result = app(args=arguments, prog_name="pfx", standalone_mode=False)
     except typer.TyperException as error:  # a usage error: shown as typer shows it, exit 2
         from typer import rich_utils
 
         rich_utils.rich_format_error(error)
-        if output.json_mode():
+        # --json may not have been read when parsing failed before it
+        if output.json_mode() or "--json" in arguments:
             output.print_json_error(ErrorCode.USAGE_ERROR, error.format_message())
         return error.exit_code
     except (KeyboardInterrupt, typer.Abort):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,18 +39,9 @@ def _public_key_path(private_key_path: Path) -> Path:
     return private_key_path.with_name(private_key_path.name + ".pub")
 
 
-@contextmanager
-def _about(path: Path) -> Iterator[None]:
-    """Name ``path`` in the message of a perfusion_format error raised inside the block."""
-    try:
-        yield
-    except pf.PerfusionError as error:
-        raise type(error)(error.code, f"{path}: {error.message}") from error
-
-
 def _read_concept(path: Path) -> tuple[bytes, pf.Concept]:
     """The file's bytes and the validated concept they hold."""
-    with _about(path):
+    with output.naming(path):
         data = read_bounded(path)
         return data, pf.loads(data)
 
@@ -132,7 +121,7 @@ def sign(
     """Sign FILE with a private key, replacing it atomically. Signing again is a no-op."""
     data, concept = _read_concept(file)
     key_path = key or default_key_path()
-    with _about(key_path):
+    with output.naming(key_path):
         private_key = pf.load_private_key(key_path)
     signed = pf.sign(concept, private_key)
     changed = signed is not concept
@@ -188,9 +177,9 @@ def verify(
     data, concept = _read_concept(file)
     required = []
     for path in keys or ():
-        with _about(path):
+        with output.naming(path):
             required.append(pf.load_public_key(path))
-    with _about(file):
+    with output.naming(file):
         result = pf.verify(concept, required)
     required_ids = [public_key.key_id for public_key in required]
     payload = {

@@ -10,24 +10,21 @@ import os
 import re
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import perfusion_format as pf
-from pfx.errors import ClientError, ErrorCode
 
 from . import output
+from .models import DTYPES, check_output_folder, load_pipeline, runtime
 from .output import JsonFlag
 
 __all__ = ["generate", "register"]
 
 _SIZE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -38,41 +35,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     if width % 8 or height % 8:
         raise typer.BadParameter("width and height must be multiples of 8")
     return width, height
-
-
-def _load_pipeline(model: Path, device: str, dtype: str) -> Any:
-    """The diffusers pipeline saved in ``model``, from local files only, on ``device``."""
-    import torch
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    if not (model / "model_index.json").is_file():
-        raise ClientError(
-            ErrorCode.MODEL_INVALID,
-            f"{model}: not a diffusers pipeline folder (no model_index.json)",
-        )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "fp16" if device.startswith("cuda") else "fp32"
-    # Failures must stay one line on stderr: no loading bars, library notices or deprecations.
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype", category=FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(
-                model, local_files_only=True, torch_dtype=getattr(torch, _DTYPES[dtype])
-            )
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise ClientError(ErrorCode.MODEL_INVALID, f"{model}: {first_line}") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def _write_png(image: Any, path: Path) -> None:
@@ -142,24 +104,16 @@ def generate(
 ) -> None:
     """Generate an image with concepts applied to a local diffusers pipeline (no downloads)."""
     dimensions = _parse_size(size) if size else None
-    if dtype not in ("auto", *_DTYPES):
+    if dtype not in ("auto", *DTYPES):
         raise typer.BadParameter("one of auto, fp32, fp16, bf16", param_hint="--dtype")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(2, "No such folder", str(out.parent))
+    check_output_folder(out)
     # bad files and refused pulls fail before any model loads
     loaded = [_concept(source, allow_unsigned) for source in concepts]
-    try:
-        import torch
-
-        import perfusion_runtime as pr
-    except ImportError as error:
-        raise ClientError(
-            ErrorCode.RUNTIME_MISSING,
-            f"pfx generate needs the runtime ({error.name} is missing): pip install 'pfx[runtime]'",
-        ) from error
+    pr = runtime("generate")
+    import torch
 
     started = time.perf_counter()
-    pipe = _load_pipeline(model, device, dtype)
+    pipe = load_pipeline(model, device, dtype)
     options: dict[str, Any] = {}
     if dimensions:
         options["width"], options["height"] = dimensions
@@ -173,15 +127,7 @@ def generate(
             global_locking=global_locking,
             allow_base_mismatch=allow_base_mismatch,
         ) as handle,
-        Progress(
-            TextColumn("denoising"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=output.json_mode(),
-            transient=True,
-        ) as progress,
+        output.progress_bar("denoising") as progress,
     ):
         task = progress.add_task("denoising", total=steps)
 

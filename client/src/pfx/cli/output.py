@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -43,11 +45,13 @@ __all__ = [
     "describe_failure",
     "emit",
     "json_mode",
+    "naming",
     "plain",
     "print_error",
     "print_fields",
     "print_json_error",
     "printable",
+    "progress_bar",
     "set_json_mode",
     "table",
 ]
@@ -60,9 +64,21 @@ EXIT_INTERRUPTED = 130
 
 #: Client codes that mean "this concept is not the one asked for or not trusted" (exit 1, like
 #: a file that fails verification), rather than a usage or I/O problem (exit 2).
-_REFUSED = frozenset({ErrorCode.DIGEST_MISMATCH, ErrorCode.UNTRUSTED})
+_REFUSED = frozenset(
+    {
+        ErrorCode.DIGEST_MISMATCH,
+        ErrorCode.UNTRUSTED,
+        pf.ErrorCode.NOT_SIGNED,
+        pf.ErrorCode.SIGNATURE_INVALID,
+    }
+)
 #: Client codes about reaching the registry (exit 3, like the registry's own refusals).
 _UNREACHED = frozenset({ErrorCode.REGISTRY_UNREACHABLE, ErrorCode.REGISTRY_PROTOCOL})
+#: Runtime codes for bad training inputs — folders, images, masks, settings, checkpoints — which
+#: are usage and I/O problems (exit 2); the runtime's other codes exit 1.
+_TRAINING_INPUTS = frozenset(
+    {"NO_IMAGES", "INVALID_IMAGE", "MASK_MISMATCH", "INVALID_TRAINING_CONFIG", "INVALID_CHECKPOINT"}
+)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the file is invalid, fails verification or is not trusted (or an "
@@ -136,6 +152,21 @@ def print_fields(console: Console, fields: Iterable[tuple[str, object]]) -> None
         console.print(Text(f"{label:<{width}}  ", style="bold") + cell(value), soft_wrap=True)
 
 
+def progress_bar(label: str, *columns: ProgressColumn) -> Progress:
+    """A transient ``label  ━━━━  done/total  [columns]  elapsed`` bar on stderr, off in JSON
+    mode."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        *columns,
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=json_mode(),
+        transient=True,
+    )
+
+
 def emit(payload: Mapping[str, Any], render: Callable[[Console], None]) -> None:
     """Print ``payload`` as one JSON object in JSON mode; otherwise let ``render`` draw it."""
     if json_mode():
@@ -162,17 +193,20 @@ def _os_message(error: OSError) -> str:
 def describe_failure(error: Exception) -> Failure:
     """Map an exception raised by a command to the code, message and exit code reported for it.
 
-    perfusion_format and perfusion_runtime errors keep their code (exit 2 for key files and the
-    client's own errors such as MODEL_INVALID, 1 for a file that is invalid, fails verification
-    or does not fit the model); ``OSError`` becomes IO_ERROR (KEY_EXISTS when a file already
-    exists) with exit 2; anything else is a bug, INTERNAL_ERROR with exit 1.
+    perfusion_format and perfusion_runtime errors keep their code (exit 2 for key files, bad
+    training inputs and the client's own errors such as MODEL_INVALID, 1 for a file that is
+    invalid, fails verification or does not fit the model); ``OSError`` becomes IO_ERROR
+    (KEY_EXISTS when a file already exists) with exit 2; anything else is a bug, INTERNAL_ERROR
+    with exit 1.
     """
     if isinstance(error, RegistryError) or (
         isinstance(error, ClientError) and error.code in _UNREACHED
     ):
         return Failure(str(error.code), error.message, EXIT_REGISTRY)
     if isinstance(error, pf.PerfusionError):
-        usage = isinstance(error, pf.KeyFileError | ClientError) and error.code not in _REFUSED
+        usage = (
+            isinstance(error, pf.KeyFileError | ClientError) and error.code not in _REFUSED
+        ) or error.code in _TRAINING_INPUTS
         return Failure(str(error.code), error.message, EXIT_USAGE if usage else EXIT_INVALID)
     if isinstance(error, FileExistsError):
         return Failure(ErrorCode.KEY_EXISTS, _os_message(error), EXIT_USAGE)
@@ -196,6 +230,15 @@ def plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Name ``path`` in the message of a perfusion_format error raised inside the block."""
+    try:
+        yield
+    except pf.PerfusionError as error:
+        raise type(error)(error.code, f"{path}: {error.message}") from error
 
 
 def print_json_error(code: str, message: str) -> None:

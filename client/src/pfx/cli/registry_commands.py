@@ -242,9 +242,12 @@ def pull(
                 client.close()
     payload = {**plain(result), "trust": plain(result.trust)}
 
+    if result.trust.status != "trusted" and not output.json_mode():
+        Console(stderr=True).print(cell(f"warning: {result.trust.message}"), soft_wrap=True)
+
     def render(console: Console) -> None:
         source = "from the cache" if result.from_cache else "downloaded"
-        console.print(cell(f"{result.reference} {source}: {result.trust.message}"))
+        console.print(cell(f"{result.reference} {source}: {result.trust.message}"), soft_wrap=True)
         output.print_fields(console, [("digest", result.digest), ("path", result.path)])
 
     output.emit(payload, render)
@@ -401,7 +404,8 @@ def rm(
     """Delete a concept repository with all its versions and tags (admin)."""
     ref = parse_reference(repository)
     if not yes and not typer.confirm(f"Delete {ref.repository} and all its versions?"):
-        raise typer.Abort()
+        typer.echo("Nothing deleted.", err=True)
+        raise typer.Exit(output.EXIT_INVALID)
     with transfer.connect(registry, token) as client:
         client.delete_repository(ref.namespace, ref.name)
     output.emit(

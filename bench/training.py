@@ -1,0 +1,178 @@
+"""Benchmark Perfusion training (:func:`perfusion_runtime.train`) on the CPU: seconds per
+optimizer step and peak memory, for the tiny test pipelines and an SD-1.5-shaped pipeline with
+random weights. Prints a markdown table (``--json``: the numbers).
+
+    python bench/training.py [--quick] [--json]
+
+Each case runs in a process of its own, so its peak resident memory (``ru_maxrss``) is its own.
+The SD-1.5-shaped pipeline is bench/runtime.py's: SD 1.5's UNet (859,520,964 parameters, fp32),
+a 12-layer CLIP text encoder 768 wide (gradients reach the token embedding through all of it),
+and a small VAE that halves the image side, so 128 px images give the 64 × 64 latents SD 1.5
+has at 512 px — the UNet's cost per step is SD 1.5's at 512². Images are drawn here; the
+covariance comes from 64 of the bundled captions (setup, not timed per step). Step 1 includes
+reading and encoding the images; the table's step time is the median of the later steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import transformers
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
+
+from tiny_pipelines import build_pipeline as tiny_pipeline  # noqa: E402
+from training_images import draw_images  # noqa: E402
+
+import perfusion_runtime as pr  # noqa: E402
+from runtime import build_pipeline as sd15_pipeline  # noqa: E402
+from runtime import command, machine, table  # noqa: E402
+
+#: name → (resolution, batch, accumulate, steps, quick steps)
+CASES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny sd-1": (32, 4, 4, 6, 3),
+    "tiny sdxl": (32, 4, 4, 6, 3),
+    "SD 1.5 shape": (128, 1, 1, 3, 2),
+}
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now, MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_token_word(tokenizer: Any) -> str:
+    """A word of three letters or more that ``tokenizer`` reads as one token (the synthetic
+    vocabulary of the SD-1.5-shaped pipeline has no real words)."""
+    words = (token.removesuffix("</w>") for token in sorted(tokenizer.get_vocab()))
+    for word in words:
+        if len(word) >= 3 and word.isalpha() and len(tokenizer.tokenize(word)) == 1:
+            return word
+    raise SystemExit("no one-token word in the tokenizer's vocabulary")
+
+
+def run_case(name: str, quick: bool) -> dict[str, Any]:
+    """Train one case in this process and measure it."""
+    resolution, batch, accumulate, steps, quick_steps = CASES[name]
+    steps = quick_steps if quick else steps
+    started = time.perf_counter()
+    if name == "SD 1.5 shape":
+        pipe = sd15_pipeline(text_layers=12)
+    else:
+        pipe = tiny_pipeline("sdxl" if "sdxl" in name else "sd-1")
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    covariance = pr.build_covariance(pipe, pr.default_captions()[:64])
+    covariance_s = time.perf_counter() - started
+    rss_before = _rss_mib()
+    reports: list[pr.TrainingProgress] = []
+    with tempfile.TemporaryDirectory() as folder:
+        images = draw_images(Path(folder), count=4, size=(resolution, resolution))
+        config = pr.TrainingConfig(
+            token="<thing>",
+            superclass=one_token_word(pipe.tokenizer),
+            steps=steps,
+            batch=batch,
+            accumulate=accumulate,
+            resolution=resolution,
+        )
+        started = time.perf_counter()
+        pr.train(pipe, images, config, covariance=covariance, progress=reports.append)
+        total_s = time.perf_counter() - started
+    seconds = [report.seconds for report in reports]
+    step_s = statistics.median(b - a for a, b in itertools.pairwise(seconds))
+    return {
+        "case": name,
+        "resolution": resolution,
+        "latent": resolution // pipe.vae_scale_factor,
+        "batch": batch,
+        "accumulate": accumulate,
+        "steps": steps,
+        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+        "build_s": build_s,
+        "covariance_s": covariance_s,
+        "first_step_s": seconds[0],
+        "step_s": step_s,
+        "image_s": step_s / (batch * accumulate),
+        "train_s": total_s,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss": reports[-1].loss,
+    }
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the markdown table."""
+    print(f"`{results['command']}`\n")
+    print(" · ".join(f"{key} {value}" for key, value in results["machine"].items()))
+    rows = [
+        (
+            case["case"],
+            f"{case['resolution']} px → {case['latent']}²",
+            f"{case['batch']} × {case['accumulate']}",
+            case["steps"],
+            f"{case['first_step_s']:.2f}",
+            f"{case['step_s']:.2f}",
+            f"{case['image_s']:.3f}",
+            f"{case['rss_before_mib']:,.0f}",
+            f"{case['peak_rss_mib']:,.0f}",
+        )
+        for case in results["cases"]
+    ]
+    table(
+        "Training on the CPU (fp32)",
+        "pipeline | images → latents | batch × accumulate | steps | step 1 s (with setup) "
+        "| s / step | s / image | RSS before, MiB | peak RSS, MiB",
+        rows,
+        left=3,
+    )
+
+
+def main() -> None:
+    """Run every case in a subprocess; print the table or one JSON object."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke run")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.quick)))
+        return
+    started = time.perf_counter()
+    cases = []
+    for name in CASES:
+        arguments = [sys.executable, __file__, "--case", name] + ["--quick"] * args.quick
+        completed = subprocess.run(arguments, capture_output=True, text=True, check=True)
+        cases.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    results = {
+        "command": command(),
+        "machine": machine(),
+        "cases": cases,
+        "total_s": time.perf_counter() - started,
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    report(results)
+    print(f"\nTotal run time {results['total_s']:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
