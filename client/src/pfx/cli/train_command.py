@@ -232,7 +232,8 @@ def train(
 
     def render(console: Console) -> None:
         console.print(output.cell(f"Wrote {out} ({len(data):,} bytes)"), soft_wrap=True)
-        fields = [(label.replace("_", " "), value) for label, value in payload.items()]
+        shown = {**payload, "final_loss": f"{payload['final_loss']:.4g}"}  # JSON keeps all digits
+        fields = [(label.replace("_", " "), value) for label, value in shown.items()]
         output.print_fields(console, [field for field in fields[1:] if field[1] is not None])
 
     output.emit(payload, render)
