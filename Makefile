@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/format.py
 	$(PY) bench/runtime.py
 	$(PY) bench/training.py
+	$(PY) bench/client.py
 
 # Needs wrk, nginx and pypiserver (see bench/registry.py); about 10 minutes.
 bench-registry: install
