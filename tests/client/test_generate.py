@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runners import PFX, Run, Runner, cli, pfx  # noqa: F401 — fixtures
+from cli_runners import PFX, Run, Runner, alice, cli, pfx, pfx_home, push  # noqa: F401 — fixtures
 from conftest import VECTORS
 from PIL import Image
+from registry_server import Account
 
 import perfusion_format as pf
 
@@ -258,3 +259,23 @@ def test_the_runtime_is_imported_only_when_generating(tmp_path: Path) -> None:
         "assert not {'torch', 'diffusers', 'perfusion_runtime'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
+
+
+# -- registry references -------------------------------------------------------------------
+
+
+def test_a_registry_reference_is_pulled_verified_and_applied_like_its_file(
+    cli: Runner, files: Files, tmp_path: Path, alice: Account
+) -> None:
+    reference = f"{alice.name}/teddy:1.0"
+    push(cli, files.teddy, reference)  # signed by a key nobody here trusts
+    by_file, by_reference = tmp_path / "file.png", tmp_path / "reference.png"
+    assert cli(*_generate(files, by_file)).exit_code == 0
+
+    refused = cli(*_generate(files, by_reference, concepts=(reference,)))  # type: ignore[arg-type]
+    refused.assert_error("UNTRUSTED", 1)
+    assert not by_reference.exists()
+
+    pulled = cli(*_generate(files, by_reference, "--allow-unsigned", concepts=(reference,)))  # type: ignore[arg-type]
+    assert pulled.exit_code == 0, pulled.stderr
+    assert by_reference.read_bytes() == by_file.read_bytes()
