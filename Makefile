@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements-dev.txt \
 	perfusion_format/pyproject.toml runtime/pyproject.toml registry/pyproject.toml client/pyproject.toml
 
-.PHONY: install serve test lint format demo bench bench-registry clean
+.PHONY: install serve test lint format demo toyworld bench bench-registry clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ test: install
 # pulls and an image with both concepts; offline, in a temporary folder (about a minute).
 demo: install
 	$(PY) demo/demo.py
+
+# The toy world (bench/toyworld): world, instrument, autoencoder, base model, quality gate; cached
+# under .toyworld/ so a second run only re-measures (first run about 30 minutes on 2 CPUs).
+toyworld: install
+	$(PY) bench/toyworld/run.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,390 @@
+"""The toy world of issue 7, stage by stage, each stage's artefacts cached under one folder.
+
+    python bench/toyworld/run.py [--cache .toyworld] [--profile full|tiny] [--until STAGE]
+                                 [--rebuild STAGE] [--threads N] [--base-minutes M]
+                                 [--base-steps N]
+
+Stages, in order (each reads the ones before it; see toyworld/cache.py for the folder layout):
+
+1. ``world``        draw the datasets (train / held-out, one and two objects) and a preview;
+2. ``instrument``   train the classifier, report its held-out accuracy (≥ 95 % to be trusted);
+3. ``autoencoder``  train the VAE;  ``base``: pretrain text encoder + UNet within a time budget;
+   ``gate``         generate for held-out captions and report what the instrument reads.
+
+A second run reuses every stage whose settings did not change (``log.jsonl`` says which); after
+a change of code, ``--rebuild STAGE`` rebuilds that stage and the ones after it. Seeds
+are fixed; the base model's step count depends on the machine's speed unless ``--base-steps`` is
+given. Stages 4 (concepts trained with ``pfx train`` on :func:`toyworld.world.draw_novel` images)
+and 5 (measurements) are to come: each is a function ``(Run) -> StageResult`` added to
+:data:`STAGES`, reading ``run.results`` (e.g. ``run.results["base"].folder / "pipeline"``, the
+instrument via :meth:`Instrument.load`) and calling ``run.stage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import diffusers
+import numpy as np
+import torch
+import transformers
+from diffusers import AutoencoderKL, DiffusionPipeline
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+from toyworld import REPO
+from toyworld.base_model import (
+    CONTEXT,
+    SCHEDULE,
+    AutoencoderSettings,
+    BaseSettings,
+    build_pipeline,
+    pretrain,
+    quality_gate,
+    train_autoencoder,
+)
+from toyworld.cache import Cache, StageResult
+from toyworld.instrument import (
+    Instrument,
+    InstrumentSettings,
+    Progress,
+    accuracy,
+    to_tensor,
+    train_instrument,
+)
+from toyworld.world import (
+    NOVEL_OBJECTS,
+    Sample,
+    World,
+    draw_novel,
+    load_sample,
+    save_grid,
+    save_sample,
+)
+
+__all__ = ["PROFILES", "STAGES", "Profile", "Run", "main", "run"]
+
+#: The instrument's held-out accuracy per attribute needed to trust its readings.
+TRUSTED = 0.95
+#: Datasets the world stage draws: name → (split, objects per image).
+DATASETS = {
+    "train": ("train", 1),
+    "train_pairs": ("train", 2),
+    "held_out": ("held_out", 1),
+    "held_out_pairs": ("held_out", 2),
+}
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """How the quality gate samples: held-out captions with one and with two objects."""
+
+    singles: int = 120
+    pairs: int = 60
+    steps: int = 30
+    guidance: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every setting of a run."""
+
+    world: World
+    counts: dict[str, int]
+    instrument: InstrumentSettings
+    autoencoder: AutoencoderSettings
+    base: BaseSettings
+    gate: GateSettings
+    require_trusted: bool = True
+
+
+PROFILES: dict[str, Profile] = {
+    # The benchmark: about 30 minutes on a 2-core CPU, 25 of them pretraining the base model.
+    "full": Profile(
+        world=World(),
+        counts={"train": 20000, "train_pairs": 6000, "held_out": 1000, "held_out_pairs": 500},
+        instrument=InstrumentSettings(),
+        autoencoder=AutoencoderSettings(),
+        base=BaseSettings(),
+        gate=GateSettings(),
+    ),
+    # A miniature of every stage for the tests: seconds, and nothing in it is trustworthy.
+    "tiny": Profile(
+        world=World(size=16),
+        counts={"train": 600, "train_pairs": 200, "held_out": 150, "held_out_pairs": 50},
+        instrument=InstrumentSettings(steps=200, batch=64, width=8, features=32),
+        autoencoder=AutoencoderSettings(steps=4, batch=8, widths=(8, 16)),
+        base=BaseSettings(
+            minutes=None, max_steps=3, batch=8, warmup=1, text_width=32, unet_widths=(16, 32)
+        ),
+        gate=GateSettings(singles=4, pairs=2, steps=2),
+        require_trusted=False,
+    ),
+}
+
+
+class Reporter:
+    """Progress bars and one line per finished stage, on a rich console."""
+
+    def __init__(self) -> None:
+        self.console = Console()
+
+    @contextmanager
+    def task(self, stage: str) -> Iterator[Progress]:
+        """A progress callback for ``stage``, shown while the block runs."""
+        columns = (
+            TextColumn(f"[bold]{stage:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        )
+        with RichProgress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def update(done: int, total: int, status: str) -> None:
+                bar.update(task, completed=done, total=total or None, description=status)
+
+            yield update
+
+    def finished(self, result: StageResult) -> None:
+        """Say that ``result``'s stage was built or reused, and what it found."""
+        action = f"built in {result.seconds:.0f} s" if result.built else "cached"
+        summary = json.dumps(result.summary, default=str)
+        self.console.print(f"[bold]{result.name:<12}[/] {action}: {summary}", soft_wrap=True)
+
+
+@dataclass
+class Run:
+    """One run: the cache, the settings, and the stages' results so far."""
+
+    cache: Cache
+    profile: Profile
+    reporter: Reporter | None = None
+    rebuild: frozenset[str] = frozenset()
+    results: dict[str, StageResult] = field(default_factory=dict)
+
+    def stage(
+        self, name: str, settings: dict[str, Any], make: Callable[[Path], dict[str, Any]]
+    ) -> StageResult:
+        """:meth:`Cache.stage`, rebuilding the stages the run was asked to rebuild."""
+        return self.cache.stage(name, settings, make, rebuild=name in self.rebuild)
+
+    @contextmanager
+    def progress(self, stage: str) -> Iterator[Progress | None]:
+        """The reporter's progress callback for ``stage`` (None when quiet)."""
+        if self.reporter is None:
+            yield None
+        else:
+            with self.reporter.task(stage) as update:
+                yield update
+
+    def world_data(self, name: str) -> Sample:
+        """A dataset the world stage drew (see :data:`DATASETS`)."""
+        return load_sample(self.results["world"].folder / f"{name}.npz")
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in values.items()}
+
+
+def world_stage(run: Run) -> StageResult:
+    """Stage 1: draw the datasets, and a preview (rows: one object, two objects, novel
+    objects)."""
+    world, counts = run.profile.world, run.profile.counts
+
+    def make(folder: Path) -> dict[str, Any]:
+        with run.progress("world") as progress:
+            for done, (name, (split, objects)) in enumerate(DATASETS.items()):
+                if progress is not None:
+                    progress(done, len(DATASETS), f"drawing {name}")
+                save_sample(folder / f"{name}.npz", world.sample(split, counts[name], objects))
+        previews = [load_sample(folder / f"{name}.npz").images[:16] for name in DATASETS]
+        novel = [draw_novel(world, novel, 8) for novel in NOVEL_OBJECTS.values()]
+        save_grid(folder / "preview.png", np.concatenate([*previews, *novel]), scale=3)
+        return {
+            "triples": {split: len(world.triples(split)) for split in ("train", "held_out")},
+            "held_out": sorted(world.caption([t[:2]], t[2]) for t in world.held_out),
+            "images": counts,
+        }
+
+    return run.stage("world", {"world": world.settings(), "counts": counts}, make)
+
+
+def instrument_stage(run: Run) -> StageResult:
+    """Stage 2: train the instrument on the training datasets; held-out accuracy."""
+    settings = run.profile.instrument
+
+    def make(folder: Path) -> dict[str, Any]:
+        train = [run.world_data("train"), run.world_data("train_pairs")]
+        with run.progress("instrument") as progress:
+            instrument = train_instrument(run.profile.world, train, settings, progress)
+        instrument.save(folder)
+        found = {
+            objects: _rounded(accuracy(instrument, run.world_data(name)))
+            for objects, name in (("single", "held_out"), ("pairs", "held_out_pairs"))
+        }
+        worst = min(value for values in found.values() for value in values.values())
+        return {"held_out_accuracy": found, "trusted": worst >= TRUSTED}
+
+    key = {"world": run.results["world"].key, "instrument": asdict(settings)}
+    result = run.stage("instrument", key, make)
+    if run.profile.require_trusted and not result.summary["trusted"]:
+        raise SystemExit(
+            f"the instrument reads held-out images below {TRUSTED:.0%} on some attribute "
+            f"({result.summary['held_out_accuracy']}); its readings cannot be trusted"
+        )
+    return result
+
+
+def autoencoder_stage(run: Run) -> StageResult:
+    """Stage 3a: train the VAE on the training images; held-out reconstruction error."""
+    settings = run.profile.autoencoder
+
+    def make(folder: Path) -> dict[str, Any]:
+        images = np.concatenate([run.world_data(n).images for n in ("train", "train_pairs")])
+        with run.progress("autoencoder") as progress:
+            vae = train_autoencoder(images, settings, progress)
+        vae.save_pretrained(folder)
+        pixels = to_tensor(run.world_data("held_out").images[:256])
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        return {
+            "held_out_mse": round(float((decoded - pixels).pow(2).mean()), 5),
+            "scaling_factor": round(vae.config.scaling_factor, 4),
+        }
+
+    key = {"world": run.results["world"].key, "autoencoder": asdict(settings)}
+    return run.stage("autoencoder", key, make)
+
+
+def base_stage(run: Run) -> StageResult:
+    """Stage 3b: pretrain the base pipeline's text encoder and UNet; saved as ``pipeline/``."""
+    settings = run.profile.base
+
+    def make(folder: Path) -> dict[str, Any]:
+        vae = AutoencoderKL.from_pretrained(run.results["autoencoder"].folder)
+        pipe = build_pipeline(run.profile.world, vae, settings)
+        train = [run.world_data("train"), run.world_data("train_pairs")]
+        with run.progress("base") as progress:
+            summary = pretrain(pipe, train, settings, progress)
+        pipe.save_pretrained(folder / "pipeline")
+        return summary
+
+    key = {
+        "world": run.results["world"].key,
+        "autoencoder": run.results["autoencoder"].key,
+        "base": asdict(settings),
+        "schedule": SCHEDULE,
+        "context": CONTEXT,
+    }
+    return run.stage("base", key, make)
+
+
+def load_base(run: Run) -> Any:
+    """The pretrained base pipeline, loaded as a user would (from its folder, offline)."""
+    folder = run.results["base"].folder / "pipeline"
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gate_stage(run: Run) -> StageResult:
+    """Stage 3c: the quality gate — for held-out captions, how often the instrument reads the
+    requested attributes off the base model's images; ``samples.png`` shows the first ones."""
+    settings = run.profile.gate
+
+    def make(folder: Path) -> dict[str, Any]:
+        pipe = load_base(run)
+        instrument = Instrument.load(run.results["instrument"].folder)
+        found, shown = {}, []
+        for objects, name, count in (
+            ("single", "held_out", settings.singles),
+            ("pairs", "held_out_pairs", settings.pairs),
+        ):
+            rates, images = quality_gate(
+                pipe,
+                instrument,
+                run.world_data(name).head(count),
+                steps=settings.steps,
+                guidance=settings.guidance,
+                seed=settings.seed,
+            )
+            found[objects] = _rounded(rates)
+            shown.append(images[:32])
+        save_grid(folder / "samples.png", np.concatenate(shown), scale=3)
+        return {"held_out_read_rate": found}
+
+    key = {
+        "base": run.results["base"].key,
+        "instrument": run.results["instrument"].key,
+        "gate": asdict(settings),
+    }
+    return run.stage("gate", key, make)
+
+
+#: The stages in order. Stage 4 ("concepts") and 5 ("measurements") go after "gate".
+STAGES: dict[str, Callable[[Run], StageResult]] = {
+    "world": world_stage,
+    "instrument": instrument_stage,
+    "autoencoder": autoencoder_stage,
+    "base": base_stage,
+    "gate": gate_stage,
+}
+
+
+def run(root: Path, profile: Profile, until: str = "gate", reporter: Reporter | None = None) -> Run:
+    """Run (or reuse) every stage up to and including ``until``; returns the run."""
+    state = Run(Cache(root), profile, reporter)
+    for name, stage in STAGES.items():
+        state.results[name] = stage(state)
+        if reporter is not None:
+            reporter.finished(state.results[name])
+        if name == until:
+            break
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=REPO / ".toyworld", help="cache folder")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--until", choices=list(STAGES), default=list(STAGES)[-1])
+    parser.add_argument(
+        "--rebuild", choices=list(STAGES), help="rebuild this stage and those after it"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--base-minutes", type=float, default=None, help="pretraining budget")
+    parser.add_argument("--base-steps", type=int, default=None, help="pretraining steps")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    profile = PROFILES[args.profile]
+    if args.base_steps is not None:  # exactly so many steps, unless a budget is given too
+        base = replace(profile.base, max_steps=args.base_steps, minutes=args.base_minutes)
+        profile = replace(profile, base=base)
+    elif args.base_minutes is not None:
+        profile = replace(profile, base=replace(profile.base, minutes=args.base_minutes))
+    reporter = Reporter()
+    reporter.console.print(f"toy world, profile {args.profile}, cache {args.cache}")
+    run(args.cache, profile, args.until, reporter, args.rebuild)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

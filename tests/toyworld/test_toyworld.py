@@ -1,0 +1,196 @@
+"""A miniature of the toy world (bench/toyworld): the world's drawing and splits, and stages 1–3
+run on a tiny world with a few steps each, through the same code and cache as the benchmark."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+sys.path.append(str(REPO / "bench"))
+
+from toyworld.cache import STAMP
+from toyworld.instrument import Instrument, accuracy
+from toyworld.run import PROFILES, STAGES, Run, load_base, run
+from toyworld.world import (
+    BACKGROUND_JITTER,
+    COLOUR_JITTER,
+    NOVEL_OBJECTS,
+    World,
+    draw_novel,
+    halves,
+    load_sample,
+)
+
+import perfusion_runtime as pr
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = PROFILES["tiny"]
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: the world
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_same_world_draws_the_same_bytes() -> None:
+    for objects in (1, 2):
+        first = World(seed=3).sample("train", 12, objects)
+        again = World(seed=3).sample("train", 12, objects)
+        assert first.images.tobytes() == again.images.tobytes()
+        assert first.captions == again.captions
+        # Image i depends on (seed, split, objects, i) alone: a shorter sample is a prefix.
+        shorter = World(seed=3).sample("train", 5, objects)
+        assert shorter.images.tobytes() == first.images[:5].tobytes()
+        other = World(seed=4).sample("train", 12, objects)
+        assert other.images.tobytes() != first.images.tobytes()
+    star = NOVEL_OBJECTS["stripy"]
+    assert draw_novel(World(), star, 3).tobytes() == draw_novel(World(), star, 3).tobytes()
+
+
+def _check_drawn(world: World, image: np.ndarray, shape: int, colour: int, background: int) -> None:
+    """The image's corners are the background's colour; its object's solid pixels (those as far
+    from the background as any) are the object's colour; a ring has background at the centre of
+    its object pixels, every other shape has itself there."""
+    corners = image[[0, 0, -1, -1], [0, -1, 0, -1]].astype(int)
+    expected = np.array(world.backgrounds[background][1])
+    assert np.abs(corners - expected).max() <= BACKGROUND_JITTER + 1
+    distance = np.abs(image.astype(int) - corners[0]).sum(axis=-1)
+    assert distance.max() > 90
+    solid = image[distance >= 0.9 * distance.max()]
+    expected = np.array(world.colours[colour][1])
+    assert np.abs(np.median(solid, axis=0) - expected).max() <= COLOUR_JITTER + 1
+    drawn = distance > distance.max() / 2
+    y, x = (round(c) for c in np.argwhere(drawn).mean(axis=0))
+    assert drawn[y, x] == (world.shapes[shape] != "ring")
+
+
+def test_captions_say_what_is_drawn() -> None:
+    world = World()
+    single = world.sample("train", 60)
+    for image, caption, ((shape, colour, background),) in zip(*vars(single).values(), strict=True):
+        article = "an" if world.names("colour")[colour] == "orange" else "a"
+        words = (
+            world.names("colour")[colour],
+            world.shapes[shape],
+            world.names("background")[background],
+        )
+        assert caption == f"{article} {words[0]} {words[1]} on a {words[2]} background"
+        _check_drawn(world, image, shape, colour, background)
+    pairs = world.sample("train", 30, objects=2)
+    for image, caption, labels in zip(*vars(pairs).values(), strict=True):
+        names = [f"{world.names('colour')[c]} {world.shapes[s]}" for s, c, _ in labels]
+        assert re.fullmatch(rf"an? {names[0]} and an? {names[1]} on a \w+ background", caption)
+        for half, (shape, colour, background) in zip(halves(image[None]), labels, strict=True):
+            _check_drawn(world, half[0], shape, colour, background)
+
+
+def test_held_out_triples_never_appear_in_training_images() -> None:
+    world = World()
+    held_out = world.held_out
+    assert held_out and set(world.triples("held_out")) == held_out
+    train = [world.sample("train", 400), world.sample("train", 200, objects=2)]
+    seen = {tuple(t) for sample in train for t in sample.labels.reshape(-1, 3).tolist()}
+    assert not seen & held_out
+    # Held out as combinations only: every (shape, colour) pair and every word still trains.
+    pairs = {(s, c) for s, c, _ in world.triples("train")}
+    assert len(pairs) == len(world.shapes) * len(world.colours)
+    assert {b for *_, b in world.triples("train")} == set(range(len(world.backgrounds)))
+    tested = world.sample("held_out", 50)
+    assert {tuple(t) for t in tested.labels[:, 0].tolist()} <= held_out
+    left = world.sample("held_out", 20, objects=2).labels[:, 0]
+    assert {tuple(t) for t in left.tolist()} <= held_out
+
+
+def test_novel_objects_are_patterns_on_world_shapes() -> None:
+    world = World()
+    for novel in NOVEL_OBJECTS.values():
+        assert novel.shape in world.vocabulary()
+        image = draw_novel(world, novel, 1)[0]
+        for colour in novel.colours:  # both colours of the pattern are drawn
+            assert (np.abs(image.astype(int) - colour).sum(axis=-1) < 30).sum() > 10
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 1–3 in miniature, and the cache
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run(tmp_path_factory.mktemp("toyworld"), TINY)
+
+
+def test_every_stage_built_once(built: Run) -> None:
+    assert list(built.results) == list(STAGES)
+    assert all(result.built for result in built.results.values())
+    assert [entry["stage"] for entry in built.cache.log()] == list(STAGES)
+    assert not list(built.cache.root.glob("*.partial"))
+    held_out = load_sample(built.results["world"].folder / "held_out.npz")
+    assert held_out.images.shape == (TINY.counts["held_out"], 16, 16, 3)
+
+
+def test_the_instrument_reads_colour_far_above_chance(built: Run) -> None:
+    found = built.results["instrument"].summary["held_out_accuracy"]
+    chance = 1 / len(TINY.world.colours)
+    assert found["single"]["colour"] > 0.6 > 3 * chance
+    assert found["pairs"]["colour"] > 0.6
+    instrument = Instrument.load(built.results["instrument"].folder)
+    held_out = load_sample(built.results["world"].folder / "held_out.npz")
+    assert round(accuracy(instrument, held_out)["colour"], 4) == found["single"]["colour"]
+    similarity = instrument.similarity(held_out.images[:4], held_out.images[:4])
+    assert np.allclose(np.diag(similarity), 1, atol=1e-5)
+
+
+def test_the_base_pipeline_loads_offline_and_takes_a_concept(built: Run) -> None:
+    pipe = load_base(built)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.tokenizer.model_max_length == 16
+    for word in TINY.world.vocabulary():
+        assert len(pipe.tokenizer(word, add_special_tokens=False).input_ids) == 1
+    layout = pr.pipeline_layout(pipe)
+    assert layout.family == "custom"
+    # attn2 in every level but the first: one a down block, two an up block; one in the middle.
+    assert len(layout.layers) == 3 * (len(TINY.base.unet_widths) - 1) + 1
+    captions = list(load_sample(built.results["world"].folder / "train.npz").captions)
+    covariance = pr.build_covariance(pipe, captions)
+    template = "a {} on a black background"
+    concept = pr.new_concept(
+        pipe, token="<stripy>", superclass="star", covariance=covariance, template=template
+    )
+    handle = pr.apply(pipe, concept)
+    image = pipe("a <stripy> on a white background", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 16, 16, 3)
+    assert np.isfinite(image).all()
+    handle.remove()
+    gate = built.results["gate"].summary["held_out_read_rate"]
+    assert set(gate) == {"single", "pairs"}
+    assert all(0 <= rate <= 1 for rates in gate.values() for rate in rates.values())
+
+
+def _stamps(state: Run) -> dict[str, float]:
+    return {name: (r.folder / STAMP).stat().st_mtime for name, r in state.results.items()}
+
+
+def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    shutil.copytree(built.cache.root, root)  # keeps the files' times; other tests keep theirs
+    first = run(root, TINY)
+    assert not any(result.built for result in first.results.values())
+    assert _stamps(first) == _stamps(built)
+    assert [e["action"] for e in first.cache.log()[-len(STAGES) :]] == ["cached"] * len(STAGES)
+    # A changed instrument is retrained and re-gated; the world and the base model stay.
+    changed = replace(TINY, instrument=replace(TINY.instrument, steps=5))
+    rebuilt = run(root, changed)
+    assert {name for name, result in rebuilt.results.items() if result.built} == {
+        "instrument",
+        "gate",
+    }
+    assert _stamps(rebuilt)["base"] == _stamps(built)["base"]
