@@ -345,9 +345,18 @@ STAGES: dict[str, Callable[[Run], StageResult]] = {
 }
 
 
-def run(root: Path, profile: Profile, until: str = "gate", reporter: Reporter | None = None) -> Run:
-    """Run (or reuse) every stage up to and including ``until``; returns the run."""
-    state = Run(Cache(root), profile, reporter)
+def run(
+    root: Path,
+    profile: Profile,
+    until: str = "gate",
+    reporter: Reporter | None = None,
+    rebuild: str | None = None,
+) -> Run:
+    """Run (or reuse) every stage up to and including ``until``, building ``rebuild`` and the
+    stages after it again even when cached; returns the run."""
+    names = list(STAGES)
+    forced = frozenset(names[names.index(rebuild) :]) if rebuild else frozenset()
+    state = Run(Cache(root), profile, reporter, forced)
     for name, stage in STAGES.items():
         state.results[name] = stage(state)
         if reporter is not None:

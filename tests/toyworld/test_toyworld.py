@@ -194,3 +194,9 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
         "gate",
     }
     assert _stamps(rebuilt)["base"] == _stamps(built)["base"]
+    # --rebuild STAGE builds that stage and every later one again, the earlier ones not.
+    forced = run(root, changed, until="autoencoder", rebuild="instrument")
+    assert {name for name, result in forced.results.items() if result.built} == {
+        "instrument",
+        "autoencoder",
+    }
