@@ -42,13 +42,14 @@ from urllib.parse import urlsplit
 
 from pfx.config import cache_dir, is_temporary, make_private_dirs, write_private_file
 from pfx.errors import ClientError, ErrorCode
+from pfx.reference import NAME_PATTERN, TAG_PATTERN
 
 __all__ = ["Cache", "CacheEntry", "PruneReport", "registry_slug", "split_repository"]
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
-_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_NAME = re.compile(NAME_PATTERN)
+_REF = re.compile(TAG_PATTERN)
 _SLUG = re.compile(r"[a-z0-9_][a-z0-9._-]*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BLOBS = ("blobs", "sha256")
