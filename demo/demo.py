@@ -54,7 +54,6 @@ def free_port() -> int:
 
 def make_concepts(model: Path, folder: Path) -> tuple[Path, Path]:
     """Two concepts for the tiny pipeline (the initialisation the paper trains from)."""
-    sys.path.insert(0, str(REPO / "tests"))
     from diffusers import DiffusionPipeline
 
     import perfusion_format as pf
@@ -139,7 +138,7 @@ def main() -> None:
         from tiny_pipelines import build_pipeline, save_pipeline
 
         model = save_pipeline(build_pipeline("sd-1"), root / "model")
-        teddy, robot = make_concepts(model, root)
+        teddy, teapot = make_concepts(model, root)
         run("pfx", "inspect", str(teddy), env=env)
 
         step("sign: a key, registered for both organizations, required by acme")
@@ -152,7 +151,7 @@ def main() -> None:
         step("push: acme/teddy public, lab/pot private")
         run("pfx", "push", str(teddy), "acme/teddy:1.0", "--public", "--sign", str(key),
             "--label", "toy", env=env)  # fmt: skip
-        run("pfx", "push", str(robot), "lab/pot:1.0", "--private", "--sign", str(key), env=env)
+        run("pfx", "push", str(teapot), "lab/pot:1.0", "--private", "--sign", str(key), env=env)
 
         step("search (logged in, then anonymously: the private concept is not found)")
         run("pfx", "search", env=env)

@@ -42,9 +42,7 @@ def connect(registry: str | None = None, token: str | None = None) -> Client:
     that order), with the token found the same way; USAGE_ERROR when no registry is named."""
     from pfx.client import Client
 
-    if registry is None and token is None:
-        return Client()
-    return Client(effective_registry(registry) or registry, effective_token(token))
+    return Client(effective_registry(registry), effective_token(token))
 
 
 @dataclass(frozen=True)

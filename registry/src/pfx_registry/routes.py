@@ -78,11 +78,15 @@ async def _resolved(
 # they take when answered from the read cache (see bench/registry.py).
 
 
+async def _registry_and_caller(request: Request) -> tuple[Registry, Caller]:
+    registry: Registry = request.app.state.registry
+    return registry, await caller_of(registry, request.headers.get("authorization"))
+
+
 @router.get("/concepts/{ns}/{name}/versions/{reference}")
 async def get_version(request: Request, ns: str, name: str, reference: str) -> Response:
     """Resolve a tag, version or ``sha256:`` digest to the version it names."""
-    registry: Registry = request.app.state.registry
-    caller = await caller_of(registry, request.headers.get("authorization"))
+    registry, caller = await _registry_and_caller(request)
     resolved = await _resolved(registry, caller, ns, name, reference)
     return Response(resolved.body, media_type="application/json")
 
@@ -91,8 +95,7 @@ async def get_version(request: Request, ns: str, name: str, reference: str) -> R
 async def download(request: Request, ns: str, name: str, reference: str) -> Response:
     """The concept file a reference names; counts a download (written to the index within a
     second, off the request path: see downloads.py)."""
-    registry: Registry = request.app.state.registry
-    caller = await caller_of(registry, request.headers.get("authorization"))
+    registry, caller = await _registry_and_caller(request)
     resolved = await _resolved(registry, caller, ns, name, reference)
     response = await _send_blob(registry, resolved.digest, pf.MEDIA_TYPE)
     registry.downloads.add(resolved.repository_id)
@@ -123,8 +126,7 @@ def head_blob(digest: str, connection: ConnectionDep, caller: CallerDep) -> Resp
 async def get_blob(request: Request, digest: str) -> Response:
     """The blob's bytes (or a redirect to a presigned URL on S3 when configured)."""
     _digest(digest)
-    registry: Registry = request.app.state.registry
-    caller = await caller_of(registry, request.headers.get("authorization"))
+    registry, caller = await _registry_and_caller(request)
 
     def visible() -> tuple[str, str]:
         with transaction(registry) as connection:
