@@ -125,6 +125,25 @@ def test_text_output_and_a_resumed_run(cli: Runner, files: Files, tmp_path: Path
     assert pf.load(out).training["steps"] == 3
 
 
+def test_templates_flips_and_learned_keys(cli: Runner, files: Files, tmp_path: Path) -> None:
+    """--template (repeated), --no-flip and --learn-keys reach the run: the file says so, and
+    carries key targets instead of the superclass input."""
+    out = tmp_path / "teddy.perfusion.safetensors"
+    templates = ("--template", "a photo of a {}", "--template", "a {} on a table")
+    result = cli(*_train(files, out, "--captions", files.captions, *templates, "--no-flip"))
+    assert result.exit_code == 0, result.stderr
+    locked = pf.load(out)
+    assert (locked.training["templates"], locked.training["flip"]) == (2, False)
+    assert locked.key_targets is None and locked.superclass_input is not None
+    result = cli(*_train(files, out, "--captions", files.captions, "--learn-keys"))
+    assert result.exit_code == 0, result.stderr
+    learned = pf.load(out)
+    assert (learned.training["templates"], learned.training["lock_keys"]) == (10, False)
+    assert learned.superclass_input is None
+    assert learned.key_targets is not None
+    assert learned.key_targets.keys() == learned.value_targets.keys()
+
+
 @pytest.mark.parametrize(
     ("case", "code", "exit_code"),
     [

@@ -186,6 +186,38 @@ def test_only_the_embedding_rows_and_value_targets_change(trained: Trained) -> N
     assert concept.key_targets is None  # keys stay locked: o_k = W_k i_s, i_s in the file
 
 
+def test_unlocked_keys_learn_one_key_target_per_layer(
+    pipe: Any, covariance: torch.Tensor, images: Path
+) -> None:
+    """lock_keys=False (the paper's ablation): the file carries key targets for exactly the
+    value layers instead of i_s; they start at W_k i_s and AdamW's first step moves each by the
+    value targets' learning rate (|Δ + lr·wd·o_k| ≈ lr where the gradient is not zero); the
+    weights stay untouched, and the concept applies."""
+    before = base_state(pipe)
+    config = replace(FAST, steps=1, accumulate=1, lock_keys=False)
+    concept = pf.loads(pf.dumps(pr.train(pipe, images, config, covariance=covariance)))
+    assert_same_state(before, base_state(pipe))
+    assert concept.superclass_input is None and concept.key_targets is not None
+    assert concept.key_targets.keys() == concept.value_targets.keys()
+    assert concept.training["lock_keys"] is False
+    initial = pr.new_concept(pipe, token="<teddy>", superclass="teddy", covariance=covariance)
+    lr, decay = config.lr_values, config.weight_decay
+    moved = 0
+    for path, key in concept.key_targets.items():
+        start = pipe.unet.get_submodule(path).to_k.weight.detach().double().numpy() @ np.asarray(
+            initial.superclass_input, np.float64
+        )
+        step = key - start + lr * decay * start
+        changed = np.abs(key - start) > 1e-6
+        sizes = np.abs(step[changed])  # lr·|g|/(|g| + ε): lr, a little less for tiny gradients
+        assert sizes.max() <= lr * (1 + 1e-4) and np.median(sizes) == pytest.approx(lr, rel=1e-2)
+        moved += int(changed.sum())
+    assert moved > 0
+    with pr.apply(pipe, concept):
+        image = pipe("a photo of a <teddy>", num_inference_steps=2, output_type="np").images
+    assert np.isfinite(image).all()
+
+
 def test_the_superclass_input_is_fixed_with_one_template(
     pipe: Any, covariance: torch.Tensor, images: Path
 ) -> None:
@@ -282,10 +314,11 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.parametrize("lock_keys", [True, False], ids=["locked", "learned-keys"])
 def test_a_resumed_run_gives_the_same_bytes(
-    pipe: Any, covariance: torch.Tensor, images: Path, tmp_path: Path
+    pipe: Any, covariance: torch.Tensor, images: Path, tmp_path: Path, lock_keys: bool
 ) -> None:
-    config = replace(FAST, steps=4, checkpoint_every=2)
+    config = replace(FAST, steps=4, checkpoint_every=2, lock_keys=lock_keys)
     whole = pr.train(
         pipe, images, replace(config, checkpoint_every=0), covariance=covariance, created=CREATED
     )
@@ -309,9 +342,9 @@ def test_a_resumed_run_gives_the_same_bytes(
     with safe_open(checkpoints / pr.training.CHECKPOINT_NAME, framework="pt") as checkpoint:
         state = json.loads(checkpoint.metadata()["perfusion_runtime.training_checkpoint"])
         assert len(state["losses"]) == 2  # written at step 2, not at step 3
-        assert {"embedding.text_encoder", "target_input", "superclass_input"} <= set(
-            checkpoint.keys()
-        )
+        names = set(checkpoint.keys())
+        assert {"embedding.text_encoder", "target_input", "superclass_input"} <= names
+        assert any(name.startswith("key_target.") for name in names) is not lock_keys
     steps: list[int] = []
     resumed = pr.train(
         pipe,

@@ -38,9 +38,10 @@ from .pipeline import (
     text_encoder_fingerprint,
 )
 from .processor import PerfusionAttnProcessor, patch_cross_attention
-from .training import TrainingConfig, TrainingProgress, train
+from .training import DEFAULT_TEMPLATES, TrainingConfig, TrainingProgress, train
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
     "ConceptSet",
     "ConceptVectors",
     "Covariance",

@@ -198,10 +198,15 @@ class ConceptSet:
         self._gates = self._gate_tensors()
 
     def set_vectors(
-        self, index: int, target_input: Tensor, gate_direction: Tensor, superclass_input: Tensor
+        self,
+        index: int,
+        target_input: Tensor,
+        gate_direction: Tensor,
+        superclass_input: Tensor | None,
     ) -> None:
-        """Replace concept ``index``'s i*, u and i_s (float32 [d], no gradient), as training
-        does after each EMA update; takes effect at the next forward pass."""
+        """Replace concept ``index``'s i*, u and i_s (float32 [d], no gradient; i_s None for a
+        concept with explicit key targets), as training does after each EMA update; takes effect
+        at the next forward pass."""
         self._concepts[index] = replace(
             self._concepts[index],
             target_input=target_input,

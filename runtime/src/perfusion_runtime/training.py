@@ -8,7 +8,10 @@
 What is learned: the concept's token embedding (one row per text encoder) and one value target
 o_v per cross-attention layer — nothing else. Every weight of the pipeline stays bit for bit as it
 was: parameters are frozen for the run and their ``requires_grad`` flags restored afterwards. Keys
-are locked to the superclass (o_k = W_k i_s; the file carries i_s).
+are locked to the superclass (o_k = W_k i_s; the file carries i_s). With ``lock_keys=False`` (the
+paper's ablation, to measure what locking buys) one key target o_k per layer is learned too,
+starting from W_k i_s at the rate of the value targets, and the file carries the key targets
+instead of i_s.
 
 The forward pass is the runtime's own. The trainable tensors are put into the pipeline by
 :func:`~perfusion_runtime.pipeline.install` — the tokenizer copy, :class:`~perfusion_runtime.tokens.
@@ -60,7 +63,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,9 @@ class TrainingConfig:
     """Prompt templates, each with exactly one ``{}``."""
     flip: bool = True
     """Random horizontal flips."""
+    lock_keys: bool = True
+    """Lock the keys to the superclass (o_k = W_k i_s), as the paper does; False learns one
+    key target per layer (from W_k i_s, at ``lr_values``) — the paper's "unlocked" ablation."""
 
     def check(self) -> None:
         """Refuse settings out of range (INVALID_TRAINING_CONFIG; a bad gate: INVALID_GATE)."""
@@ -241,7 +247,12 @@ class _State:
     per-step losses (their count is the step)."""
 
     def __init__(
-        self, initial: pf.Concept, config: TrainingConfig, device: torch.device, fp16: bool
+        self,
+        initial: pf.Concept,
+        config: TrainingConfig,
+        device: torch.device,
+        fp16: bool,
+        key_targets: dict[str, np.ndarray] | None = None,
     ) -> None:
         def leaf(array: np.ndarray) -> Tensor:
             return torch.tensor(array, dtype=torch.float32, device=device).requires_grad_()
@@ -249,6 +260,10 @@ class _State:
         self.device = device
         self.embeddings = {name: leaf(row) for name, row in initial.embeddings.items()}
         self.values = {path: leaf(v[None]) for path, v in initial.value_targets.items()}
+        #: Learned key targets [1, m] by layer (``lock_keys=False``), else None.
+        self.keys = (
+            None if key_targets is None else {p: leaf(k[None]) for p, k in key_targets.items()}
+        )
         self.target_input: Tensor | None = None
         self.superclass_input: Tensor | None = None
         self.losses: list[float] = []
@@ -256,6 +271,7 @@ class _State:
             [
                 {"params": list(self.values.values()), "lr": config.lr_values},
                 {"params": list(self.embeddings.values()), "lr": config.lr_embedding},
+                {"params": list((self.keys or {}).values()), "lr": config.lr_values},
             ],
             weight_decay=config.weight_decay,
         )
@@ -279,6 +295,7 @@ class _State:
         return {
             **{f"embedding.{name}": row for name, row in self.embeddings.items()},
             **{f"value_target.{path}": value for path, value in self.values.items()},
+            **{f"key_target.{path}": key for path, key in (self.keys or {}).items()},
         }
 
     def finite(self) -> bool:
@@ -418,10 +435,16 @@ class _Run:
         """One :class:`LayerEdit` per layer over the trainable value targets, sharing a concept
         set with the training gate (and i*, u, i_s of a resumed run)."""
         vectors = ConceptVectors.from_concept(initial, self.config.beta, self.config.tau)
+        if self.state.keys is not None:  # unlocked: explicit key targets, no i_s in the edit
+            vectors = replace(vectors, superclass_input=None)
         self.concept_set = ConceptSet([vectors])
         if self.state.target_input is not None:
             self._publish()
-        return {path: LayerEdit(self.concept_set, v) for path, v in self.state.values.items()}
+        keys = self.state.keys or {}
+        return {
+            path: LayerEdit(self.concept_set, v, keys.get(path))
+            for path, v in self.state.values.items()
+        }
 
     def _publish(self) -> None:
         """Hand the EMAs' i*, u = C⁻¹ i* and i_s to the concept set."""
@@ -430,9 +453,8 @@ class _Run:
         assert state.target_input is not None
         assert state.superclass_input is not None
         target = state.target_input.cpu()
-        self.concept_set.set_vectors(
-            0, target, solve_gate(self.factor, target), state.superclass_input.cpu()
-        )
+        superclass = None if state.keys is not None else state.superclass_input.cpu()
+        self.concept_set.set_vectors(0, target, solve_gate(self.factor, target), superclass)
 
     def step(self, step: int) -> float:
         """One optimizer step over ``accumulate`` micro-batches; returns their mean loss."""
@@ -564,6 +586,17 @@ def _positions(pipe: Any, config: TrainingConfig) -> Tensor:
     return torch.tensor(positions)
 
 
+def _initial_key_targets(pipe: Any, initial: pf.Concept) -> dict[str, np.ndarray]:
+    """o_k = W_k i_s per layer of ``initial``: where learned key targets start."""
+    superclass = torch.tensor(initial.superclass_input, dtype=torch.float32)
+    return {
+        path: (
+            pipe.unet.get_submodule(path).to_k.weight.detach().float().cpu() @ superclass
+        ).numpy()
+        for path in initial.value_targets
+    }
+
+
 def _checkpoint_path(
     checkpoint_dir: str | os.PathLike[str] | None, config: TrainingConfig, resume: bool
 ) -> Path | None:
@@ -662,7 +695,8 @@ def train(
         **{**options, "dtype": "F32"},
     )
     factor = covariance_factor(c)
-    state = _State(initial, config, device, fp16=precision == "fp16")
+    keys = None if config.lock_keys else _initial_key_targets(pipe, initial)
+    state = _State(initial, config, device, fp16=precision == "fp16", key_targets=keys)
     run_identity = _run_identity(config, resolution, read, initial, c)
     if resume and checkpoint is not None and checkpoint.is_file():
         state.load(checkpoint, run_identity, config.steps)
@@ -691,6 +725,7 @@ def train(
     assert state.target_input is not None
     assert state.superclass_input is not None
     target = state.target_input.cpu()
+    keys = state.keys
     finite = [loss for loss in state.losses[-max(1, state.step // 10) :] if math.isfinite(loss)]
     summary = {
         **{k: v for k, v in run_identity["settings"].items() if k not in _NOT_SUMMARISED},
@@ -709,7 +744,10 @@ def train(
         embeddings={name: row.detach().cpu().numpy() for name, row in state.embeddings.items()},
         target_input=target.numpy(),
         gate_direction=solve_gate(factor, target).numpy(),
-        superclass_input=state.superclass_input.cpu().numpy(),
+        superclass_input=state.superclass_input.cpu().numpy() if keys is None else None,
+        key_targets=None
+        if keys is None
+        else {p: k.detach()[0].cpu().numpy() for p, k in keys.items()},
         value_targets={path: v.detach()[0].cpu().numpy() for path, v in state.values.items()},
         training_gate=(config.beta, config.tau),
         training=summary,

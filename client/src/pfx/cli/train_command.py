@@ -105,6 +105,26 @@ def train(
             show_default=False,
         ),
     ] = None,
+    templates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--template",
+            help="A prompt template with {} where the token goes, e.g. 'a photo of a {}'; "
+            "repeat for several. Default: the paper's ten photo templates.",
+            show_default=False,
+        ),
+    ] = None,
+    flip: Annotated[
+        bool, typer.Option("--flip/--no-flip", help="Random horizontal flips of the images.")
+    ] = True,
+    lock_keys: Annotated[
+        bool,
+        typer.Option(
+            "--lock-keys/--learn-keys",
+            help="Lock the keys to the superclass (the paper's method), or learn one key target "
+            "per layer too (its ablation; the concept then overfits more).",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")] = "auto",
     dtype: Annotated[
@@ -152,7 +172,8 @@ def train(
 ) -> None:
     """Train a concept on the pictures in --images and write it to OUT: Perfusion learns the
     token's embedding and one value target per cross-attention layer, keys locked to the
-    superclass; the model's weights are untouched. Progress and loss show on stderr."""
+    superclass (--learn-keys: key targets too); the model's weights are untouched. Progress and
+    loss show on stderr."""
     if covariance is not None and captions is not None:
         raise typer.BadParameter(
             "give --covariance or --captions, not both", param_hint="--captions"
@@ -188,6 +209,9 @@ def train(
         seed=seed,
         dtype=dtype,
         checkpoint_every=checkpoint_every,
+        templates=tuple(templates) if templates else pr.DEFAULT_TEMPLATES,
+        flip=flip,
+        lock_keys=lock_keys,
     )
     reports: list[Any] = []
     with output.progress_bar("training", TextColumn("loss {task.fields[loss]}")) as progress:
