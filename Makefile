@@ -31,8 +31,8 @@ test: install
 demo: install
 	$(PY) demo/demo.py
 
-# The toy world (bench/toyworld): world, instrument, autoencoder, base model, quality gate; cached
-# under .toyworld/ so a second run only re-measures (first run about 30 minutes on 2 CPUs).
+# The toy world (bench/toyworld): world, instrument, base model, concepts, measurements; cached
+# under .toyworld/ so a second run only re-measures (first run about 45 minutes on 2 CPUs).
 toyworld: install
 	$(PY) bench/toyworld/run.py
 

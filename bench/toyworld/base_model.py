@@ -94,8 +94,8 @@ class BaseSettings:
     """The text encoder's and UNet's sizes and how they are pretrained: until ``max_steps``
     steps or ``minutes`` of training, whichever comes first (``None``: no such limit)."""
 
-    minutes: float | None = 25.0
-    max_steps: int | None = None
+    minutes: float | None = 28.0
+    max_steps: int | None = 4500
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100

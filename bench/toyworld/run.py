@@ -8,16 +8,19 @@ Stages, in order (each reads the ones before it; see toyworld/cache.py for the f
 
 1. ``world``        draw the datasets (train / held-out, one and two objects) and a preview;
 2. ``instrument``   train the classifier, report its held-out accuracy (≥ 95 % to be trusted);
-3. ``autoencoder``  train the VAE;  ``base``: pretrain text encoder + UNet within a time budget;
-   ``gate``         generate for held-out captions and report what the instrument reads.
+3. ``autoencoder``  train the VAE;  ``base``: pretrain text encoder + UNet (a step count, within
+                    a time budget); ``gate``: generate for held-out captions and report what
+                    the instrument reads;
+4. ``concepts``     draw each novel object's training images and train it with ``pfx train``,
+                    keys locked and keys learned (toyworld/concepts.py);
+5. ``measurements`` fidelity, prompt alignment, the β sweep, key locking and composition
+                    (toyworld/measure.py): ``tables.md`` and ``figure.png``.
 
 A second run reuses every stage whose settings did not change (``log.jsonl`` says which); after
-a change of code, ``--rebuild STAGE`` rebuilds that stage and the ones after it. Seeds
-are fixed; the base model's step count depends on the machine's speed unless ``--base-steps`` is
-given. Stages 4 (concepts trained with ``pfx train`` on :func:`toyworld.world.draw_novel` images)
-and 5 (measurements) are to come: each is a function ``(Run) -> StageResult`` added to
-:data:`STAGES`, reading ``run.results`` (e.g. ``run.results["base"].folder / "pipeline"``, the
-instrument via :meth:`Instrument.load`) and calling ``run.stage``.
+a change of code, ``--rebuild STAGE`` rebuilds that stage and the ones after it. Seeds are fixed;
+the base model trains for a fixed step count unless its time budget (``--base-minutes``) stops
+it first. Each stage is a function ``(Run) -> StageResult`` in :data:`STAGES`, reading
+``run.results`` of the stages before it and calling ``run.stage``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ import numpy as np
 import torch
 import transformers
 from diffusers import AutoencoderKL, DiffusionPipeline
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+import perfusion_format as pf
 from toyworld import REPO
 from toyworld.base_model import (
     CONTEXT,
@@ -55,6 +60,14 @@ from toyworld.base_model import (
     train_autoencoder,
 )
 from toyworld.cache import Cache, StageResult
+from toyworld.concepts import (
+    TEMPLATE,
+    VARIANTS,
+    ConceptSettings,
+    concept_file,
+    train_concept,
+    write_training_images,
+)
 from toyworld.instrument import (
     Instrument,
     InstrumentSettings,
@@ -63,6 +76,8 @@ from toyworld.instrument import (
     to_tensor,
     train_instrument,
 )
+from toyworld.measure import MeasureSettings, measure
+from toyworld.report import figure, tables
 from toyworld.world import (
     NOVEL_OBJECTS,
     Sample,
@@ -107,11 +122,13 @@ class Profile:
     autoencoder: AutoencoderSettings
     base: BaseSettings
     gate: GateSettings
+    concepts: ConceptSettings
+    measure: MeasureSettings
     require_trusted: bool = True
 
 
 PROFILES: dict[str, Profile] = {
-    # The benchmark: about 30 minutes on a 2-core CPU, 25 of them pretraining the base model.
+    # The benchmark: about 45 minutes on a 2-core CPU, 23 of them pretraining the base model.
     "full": Profile(
         world=World(),
         counts={"train": 20000, "train_pairs": 6000, "held_out": 1000, "held_out_pairs": 500},
@@ -119,6 +136,8 @@ PROFILES: dict[str, Profile] = {
         autoencoder=AutoencoderSettings(),
         base=BaseSettings(),
         gate=GateSettings(),
+        concepts=ConceptSettings(),
+        measure=MeasureSettings(),
     ),
     # A miniature of every stage for the tests: seconds, and nothing in it is trustworthy.
     "tiny": Profile(
@@ -130,6 +149,8 @@ PROFILES: dict[str, Profile] = {
             minutes=None, max_steps=3, batch=8, warmup=1, text_width=32, unet_widths=(16, 32)
         ),
         gate=GateSettings(singles=4, pairs=2, steps=2),
+        concepts=ConceptSettings(images=3, steps=2, batch=2, accumulate=1),
+        measure=MeasureSettings(images=2, betas=(0.7,), composition=2, references=4, steps=2),
         require_trusted=False,
     ),
 }
@@ -162,6 +183,11 @@ class Reporter:
     def finished(self, result: StageResult) -> None:
         """Say that ``result``'s stage was built or reused, and what it found."""
         action = f"built in {result.seconds:.0f} s" if result.built else "cached"
+        tables = result.folder / "tables.md"
+        if tables.is_file():  # the measurements: their tables, not their numbers
+            self.console.print(f"[bold]{result.name:<12}[/] {action}: {result.folder}")
+            self.console.print(tables.read_text(), soft_wrap=True, markup=False)
+            return
         summary = json.dumps(result.summary, default=str)
         self.console.print(f"[bold]{result.name:<12}[/] {action}: {summary}", soft_wrap=True)
 
@@ -335,20 +361,101 @@ def gate_stage(run: Run) -> StageResult:
     return run.stage("gate", key, make)
 
 
-#: The stages in order. Stage 4 ("concepts") and 5 ("measurements") go after "gate".
+def concepts_stage(run: Run) -> StageResult:
+    """Stage 4: each novel object's training images (``<name>/NN.png``) and its concepts, one
+    per variant (``<name>.<variant>.perfusion.safetensors``), made by ``pfx train``; the
+    covariance is estimated over the world's training captions (``captions.txt``)."""
+    settings = run.profile.concepts
+
+    def make(folder: Path) -> dict[str, Any]:
+        model = run.results["base"].folder / "pipeline"
+        captions = {c for name in ("train", "train_pairs") for c in run.world_data(name).captions}
+        (folder / "captions.txt").write_text("\n".join(sorted(captions)) + "\n")
+        for novel in NOVEL_OBJECTS.values():
+            write_training_images(run.profile.world, novel, settings.images, folder / novel.name)
+        jobs = [(novel, variant) for novel in NOVEL_OBJECTS.values() for variant in VARIANTS]
+        reports = {}
+        with run.progress("concepts") as progress:
+            for done, (novel, variant) in enumerate(jobs):
+                if progress is not None:
+                    progress(done, len(jobs), f"pfx train {novel.name} ({variant})")
+                report = train_concept(
+                    model,
+                    folder / novel.name,
+                    folder / "captions.txt",
+                    novel,
+                    variant,
+                    concept_file(folder, novel, variant),
+                    settings,
+                    threads=torch.get_num_threads(),
+                )
+                keys = ("final_loss", "seconds", "bytes")
+                reports[f"{novel.name}.{variant}"] = {key: report[key] for key in keys}
+        return {"concepts": reports}
+
+    key = {
+        "world": run.results["world"].key,
+        "base": run.results["base"].key,
+        "novel": {name: asdict(novel) for name, novel in NOVEL_OBJECTS.items()},
+        "concepts": asdict(settings),
+        "template": TEMPLATE,
+        "variants": VARIANTS,
+    }
+    return run.stage("concepts", key, make)
+
+
+def _training_images(folder: Path) -> np.ndarray:
+    """The PNG images in ``folder``, in name order, as uint8 [n, s, s, 3]."""
+    return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
+
+
+def measurements_stage(run: Run) -> StageResult:
+    """Stage 5: the measurements of :mod:`toyworld.measure` on stage 4's concepts; writes
+    ``tables.md`` and ``figure.png``; the summary holds every number."""
+    settings = run.profile.measure
+
+    def make(folder: Path) -> dict[str, Any]:
+        concepts_folder = run.results["concepts"].folder
+        novels = list(NOVEL_OBJECTS.values())
+        concepts = {
+            novel.name: {v: pf.load(concept_file(concepts_folder, novel, v)) for v in VARIANTS}
+            for novel in novels
+        }
+        training = {n.name: _training_images(concepts_folder / n.name) for n in novels}
+        pipe = load_base(run)
+        instrument = Instrument.load(run.results["instrument"].folder)
+        with run.progress("measurements") as progress:
+            result = measure(
+                pipe, instrument, run.profile.world, concepts, novels, training, settings, progress
+            )
+        (folder / "tables.md").write_text(tables(result.summary))
+        figure(result.summary, result.shown, folder / "figure.png")
+        return result.summary
+
+    key = {
+        "concepts": run.results["concepts"].key,
+        "instrument": run.results["instrument"].key,
+        "measure": asdict(settings),
+    }
+    return run.stage("measurements", key, make)
+
+
+#: The stages in order.
 STAGES: dict[str, Callable[[Run], StageResult]] = {
     "world": world_stage,
     "instrument": instrument_stage,
     "autoencoder": autoencoder_stage,
     "base": base_stage,
     "gate": gate_stage,
+    "concepts": concepts_stage,
+    "measurements": measurements_stage,
 }
 
 
 def run(
     root: Path,
     profile: Profile,
-    until: str = "gate",
+    until: str = "measurements",
     reporter: Reporter | None = None,
     rebuild: str | None = None,
 ) -> Run:

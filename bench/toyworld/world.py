@@ -40,6 +40,7 @@ __all__ = [
     "Sample",
     "Split",
     "World",
+    "article",
     "draw_novel",
     "halves",
     "load_sample",
@@ -182,7 +183,7 @@ class World:
         "a red circle on a black background", "an orange ring and a blue star on a …"."""
         colours = self.names("colour")
         things = " and ".join(
-            f"{_article(colours[c])} {colours[c]} {self.shapes[s]}" for s, c in objects
+            f"{article(colours[c])} {colours[c]} {self.shapes[s]}" for s, c in objects
         )
         return f"{things} on a {self.names('background')[background]} background"
 
@@ -229,7 +230,7 @@ class World:
         return np.rint(image).astype(np.uint8)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     """ "an" before a vowel, else "a"."""
     return "an" if word[0] in "aeiou" else "a"
 

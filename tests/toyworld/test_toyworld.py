@@ -1,5 +1,6 @@
-"""A miniature of the toy world (bench/toyworld): the world's drawing and splits, and stages 1–3
-run on a tiny world with a few steps each, through the same code and cache as the benchmark."""
+"""A miniature of the toy world (bench/toyworld): the world's drawing and splits, and stages 1–5
+run on a tiny world with a few steps each, through the same code and cache as the benchmark
+(stage 4 runs the real ``pfx train``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from PIL import Image
 
 sys.path.append(str(REPO / "bench"))
 
 from toyworld.cache import STAMP
+from toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
 from toyworld.instrument import Instrument, accuracy
+from toyworld.measure import ALIGNMENT, prompt
 from toyworld.run import PROFILES, STAGES, Run, load_base, run
 from toyworld.world import (
     BACKGROUND_JITTER,
@@ -28,6 +32,7 @@ from toyworld.world import (
     load_sample,
 )
 
+import perfusion_format as pf
 import perfusion_runtime as pr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -186,12 +191,14 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
     assert not any(result.built for result in first.results.values())
     assert _stamps(first) == _stamps(built)
     assert [e["action"] for e in first.cache.log()[-len(STAGES) :]] == ["cached"] * len(STAGES)
-    # A changed instrument is retrained and re-gated; the world and the base model stay.
+    # A changed instrument is retrained, re-gated and re-measured; the world, the base model
+    # and the concepts stay.
     changed = replace(TINY, instrument=replace(TINY.instrument, steps=5))
     rebuilt = run(root, changed)
     assert {name for name, result in rebuilt.results.items() if result.built} == {
         "instrument",
         "gate",
+        "measurements",
     }
     assert _stamps(rebuilt)["base"] == _stamps(built)["base"]
     # --rebuild STAGE builds that stage and every later one again, the earlier ones not.
@@ -200,3 +207,78 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
         "instrument",
         "autoencoder",
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 4–5 in miniature
+# --------------------------------------------------------------------------------------------
+
+
+def test_concepts_are_trained_by_pfx_train_from_drawn_images(built: Run) -> None:
+    """Each novel object: its training images are draw_novel's, and two concept files — keys
+    locked (i_s in the file) and keys learned (key targets) — for the base pipeline, trained
+    with the world template and no flips, as the stage's settings say."""
+    folder = built.results["concepts"].folder
+    pipe = load_base(built)
+    settings = TINY.concepts
+    layers = pr.pipeline_layout(pipe).layers
+    for novel in NOVEL_OBJECTS.values():
+        drawn = draw_novel(TINY.world, novel, settings.images)
+        files = sorted((folder / novel.name).glob("*.png"))
+        assert np.stack([np.asarray(Image.open(f)) for f in files]).tobytes() == drawn.tobytes()
+        for variant in VARIANTS:
+            concept = pf.load(concept_file(folder, novel, variant))
+            assert (concept.token, concept.superclass) == (token(novel), novel.shape)
+            assert concept.base_fingerprint == pr.pipeline_fingerprint(pipe, layers)
+            assert concept.training["steps"] == settings.steps
+            assert (concept.training["templates"], concept.training["flip"]) == (1, False)
+            assert (concept.key_targets is None) == (variant == "locked")
+            assert (concept.superclass_input is None) == (variant != "locked")
+    reports = built.results["concepts"].summary["concepts"]
+    assert set(reports) == {f"{n}.{v}" for n in NOVEL_OBJECTS for v in VARIANTS}
+
+
+def test_alignment_prompts_change_one_attribute_of_the_template() -> None:
+    world = World()
+    assert prompt(world, "<stripy>") == TEMPLATE.format("<stripy>")
+    changed = [prompt(world, "star", change) for change in ALIGNMENT]
+    assert changed == [
+        "a star on a gray background",
+        "a star on a white background",
+        "a red star on a black background",
+        "a blue star on a black background",
+        "a green star on a black background",
+    ]
+    # the superclass version of each prompt is a caption the world itself writes
+    star, black = world.shapes.index("star"), world.names("background").index("black")
+    blue = world.names("colour").index("blue")
+    assert changed[3] == world.caption([(star, blue)], black)
+
+
+def test_measurements_write_tables_and_a_figure(built: Run) -> None:
+    result = built.results["measurements"]
+    summary = result.summary
+    names = list(NOVEL_OBJECTS)
+    assert list(summary["fidelity"]) == names
+    for name in names:
+        fidelity = summary["fidelity"][name]
+        assert set(fidelity) == {"training_images", "new_drawings", "superclass", *VARIANTS}
+        for row in fidelity.values():
+            assert -1 <= row["similarity"] <= 1
+        sweep = summary["sweep"][name]
+        for variant in VARIANTS:
+            assert [p["beta"] for p in sweep[variant]] == list(TINY.measure.betas)
+            # the table's row is the sweep's point at the files' inference β
+            assert sweep[variant][0]["fidelity"] == fidelity[variant]
+        rates = summary["alignment"][name]["locked"]
+        assert set(rates) == {f"{a}:{v}" for a, v in ALIGNMENT} | {"mean"}
+        assert rates["mean"] == pytest.approx(np.mean([rates[f"{a}:{v}"] for a, v in ALIGNMENT]))
+    composition = summary["composition"]
+    assert set(composition) == {"superclass", *VARIANTS}
+    for row in composition.values():
+        assert row["both"] <= min(row["left"], row["right"])
+    tables = (result.folder / "tables.md").read_text()
+    for title in ("**Fidelity**", "**Prompt alignment**", "**β sweep**", "**Composition**"):
+        assert title in tables
+    with Image.open(result.folder / "figure.png") as figure:
+        assert figure.format == "PNG" and figure.width > 1000
