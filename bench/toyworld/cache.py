@@ -13,7 +13,7 @@ folder that looks finished. Every build or reuse is appended to ``log.jsonl``.
       instrument/      stage 2: the classifier (safetensors + config.json)
       autoencoder/     stage 3a: the VAE (diffusers folder)
       base/            stage 3b: pipeline/ (a diffusers StableDiffusionPipeline), samples.png
-      concepts/        stage 4: training images, captions.txt, one concept file per object and variant
+      concepts/        stage 4: training images, captions.txt, a concept per object and variant
       measurements/    stage 5: tables.md and figure.png
 """
 
