@@ -154,6 +154,7 @@ def test_templates_flips_and_learned_keys(cli: Runner, files: Files, tmp_path: P
         ("bad-key", "KEY_INVALID", 2),
         ("missing-out-folder", "IO_ERROR", 2),
         ("bad-dtype", "USAGE_ERROR", 2),
+        ("template-without-token", "INVALID_TRAINING_CONFIG", 2),
         ("covariance-and-captions", "USAGE_ERROR", 2),
     ],
 )
@@ -178,6 +179,8 @@ def test_bad_input_fails_in_one_line(
         arguments[arguments.index("-o") + 1] = out
     elif case == "bad-dtype":
         arguments += ["--dtype", "fp8"]
+    elif case == "template-without-token":
+        arguments += ["--template", "a photo of a {}", "--template", "a photo"]
     else:
         arguments += ["--covariance", files.covariance]
     result = cli(*arguments)
