@@ -24,12 +24,15 @@ a ``custom``-family model:
 Pretraining (:func:`pretrain`) is the standard diffusion loss for v-prediction (plain MSE, as
 ``pfx train`` computes it), AdamW, captions dropped to "" one time in ten (for classifier-free
 guidance), and an EMA of the weights (what is saved), until a step count or a time budget is
-reached.
+reached. One caption in four loses its colour words ("a star on a black background"), so that a
+shape's word alone is a caption the model knows — the superclass word of a concept, as "dog" is
+for SD — and means a shape of any colour.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,7 +46,7 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .instrument import Instrument, Progress, accuracy, to_tensor
-from .world import Sample, World
+from .world import COLOURS, Sample, World
 
 __all__ = [
     "CONTEXT",
@@ -54,6 +57,7 @@ __all__ = [
     "pretrain",
     "quality_gate",
     "train_autoencoder",
+    "without_colours",
 ]
 
 #: Tokens per prompt (start and end tokens included).
@@ -100,6 +104,7 @@ class BaseSettings:
     lr: float = 1e-3
     warmup: int = 100
     caption_dropout: float = 0.1
+    colour_dropout: float = 0.25
     ema_decay: float = 0.999
     text_width: int = 64
     text_layers: int = 2
@@ -221,6 +226,12 @@ def build_pipeline(
     return pipe
 
 
+def without_colours(caption: str) -> str:
+    """``caption`` without its colour words: "an orange ring and a blue star on a gray
+    background" → "a ring and a star on a gray background"."""
+    return re.sub(rf"\ban? ({'|'.join(COLOURS)}) ", "a ", caption)
+
+
 def _token_ids(tokenizer: CLIPTokenizer, captions: list[str]) -> Tensor:
     """Token ids [n, CONTEXT] exactly as the pipeline's ``encode_prompt`` makes them."""
     return tokenizer(
@@ -261,7 +272,9 @@ def pretrain(
     the EMA weights in it. Returns steps, seconds and the mean loss of the last 100 steps."""
     pixels = to_tensor(np.concatenate([s.images for s in samples]))
     latents = _encode(pipe.vae, pixels, scale=pipe.vae.config.scaling_factor)
-    ids = _token_ids(pipe.tokenizer, [c for s in samples for c in s.captions])
+    captions = [c for s in samples for c in s.captions]
+    ids = _token_ids(pipe.tokenizer, captions)
+    colourless = _token_ids(pipe.tokenizer, [without_colours(c) for c in captions])
     empty = _token_ids(pipe.tokenizer, [""])
     modules = (pipe.text_encoder, pipe.unet)
     parameters = [p for module in modules for p in module.parameters()]
@@ -279,7 +292,9 @@ def pretrain(
     ):
         index = torch.randint(len(latents), (settings.batch,), generator=generator)
         dropped = torch.rand(settings.batch, generator=generator) < settings.caption_dropout
-        tokens = torch.where(dropped[:, None], empty, ids[index])
+        plain = torch.rand(settings.batch, generator=generator) < settings.colour_dropout
+        tokens = torch.where(plain[:, None], colourless[index], ids[index])
+        tokens = torch.where(dropped[:, None], empty, tokens)
         noise = torch.randn(latents[index].shape, generator=generator)
         t = torch.randint(len(alphas), (settings.batch,), generator=generator)
         alpha = alphas[t].view(-1, 1, 1, 1)

@@ -58,6 +58,7 @@ from toyworld.base_model import (
     pretrain,
     quality_gate,
     train_autoencoder,
+    without_colours,
 )
 from toyworld.cache import Cache, StageResult
 from toyworld.concepts import (
@@ -370,6 +371,7 @@ def concepts_stage(run: Run) -> StageResult:
     def make(folder: Path) -> dict[str, Any]:
         model = run.results["base"].folder / "pipeline"
         captions = {c for name in ("train", "train_pairs") for c in run.world_data(name).captions}
+        captions |= {without_colours(caption) for caption in captions}  # as pretraining saw them
         (folder / "captions.txt").write_text("\n".join(sorted(captions)) + "\n")
         for novel in NOVEL_OBJECTS.values():
             write_training_images(run.profile.world, novel, settings.images, folder / novel.name)

@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.append(str(REPO / "bench"))
 
+from toyworld.base_model import without_colours
 from toyworld.cache import STAMP
 from toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
 from toyworld.instrument import Instrument, accuracy
@@ -95,6 +96,17 @@ def test_captions_say_what_is_drawn() -> None:
         assert re.fullmatch(rf"an? {names[0]} and an? {names[1]} on a \w+ background", caption)
         for half, (shape, colour, background) in zip(halves(image[None]), labels, strict=True):
             _check_drawn(world, half[0], shape, colour, background)
+
+
+def test_captions_without_colours_keep_shapes_and_background() -> None:
+    """What pretraining shows one time in four: the caption with its colour words gone."""
+    world = World()
+    for objects in (1, 2):
+        sample = world.sample("train", 40, objects)
+        for caption, labels in zip(sample.captions, sample.labels, strict=True):
+            things = " and ".join(f"a {world.shapes[s]}" for s, _, _ in labels)
+            background = world.names("background")[labels[0][2]]
+            assert without_colours(caption) == f"{things} on a {background} background"
 
 
 def test_held_out_triples_never_appear_in_training_images() -> None:
