@@ -136,6 +136,9 @@ class Measurements:
 
 
 class _Measure:
+    """The measuring kit of one run: the pipeline, the instrument, the training images, and the
+    recognition centroids at one-object and two-object scale (new drawings, seed + 1)."""
+
     def __init__(
         self,
         pipe: Any,
@@ -156,8 +159,8 @@ class _Measure:
         pieces: dict[str, list[np.ndarray]] = {}
         for left, right in ((first, second), (second, first)):
             for things in ((left, right), (left.shape, right.shape)):
-                halves_ = halves(_pairs(self.world, things, count, seed))
-                for thing, half in zip(things, halves_, strict=True):
+                drawn = halves(_pairs(self.world, things, count, seed))
+                for thing, half in zip(things, drawn, strict=True):
                     name = thing.name if isinstance(thing, Novel) else thing
                     pieces.setdefault(name, []).append(half)
         self.pair = Centroids(instrument, {k: np.concatenate(v) for k, v in pieces.items()})
