@@ -1,8 +1,8 @@
-"""Benchmark the runtime on an SD-1.5-shaped pipeline with random weights (CPU, fp32, offline):
+"""Benchmark the runtime on an SD-1.5-shaped pipeline with random weights (CPU or GPU, offline):
 apply/remove time beside textual inversion and LoRA loading, the per-step cost of applied
 concepts, and the memory an applied concept holds. Prints markdown tables (``--json``: numbers).
 
-    python bench/runtime.py [--quick] [--json]
+    python bench/runtime.py [--quick] [--json] [--device cuda --dtype fp16]
 
 The pipeline has SD 1.5's UNet (859,520,964 parameters) and a CLIP text encoder of SD 1.5's
 width and vocabulary (49,408 × 768 token table; ``--text-layers`` of its 12 layers), a byte-level
@@ -57,6 +57,8 @@ LORA_RANK = 4
 #: Latent side for the UNet and the attn2 micro-benchmark (512 px images).
 LATENT_SIDE = 64
 BATCH = 2
+#: ``--dtype`` → the pipeline's weights.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: The issue's targets.
 TARGET_APPLY_MS = 20.0
 TARGET_REMOVE_MS = 10.0
@@ -247,11 +249,19 @@ def lora_state_dict(
 # --------------------------------------------------------------------------------------------
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work, if CUDA is in use (a no-op on the CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(action: Action) -> tuple[float, Any]:
-    """(milliseconds, result) of one call, after a garbage collection."""
+    """(milliseconds, result) of one call, after a garbage collection, GPU work included."""
     gc.collect()
+    synchronize()
     start = time.perf_counter_ns()
     result = action()
+    synchronize()
     return (time.perf_counter_ns() - start) / 1e6, result
 
 
@@ -413,9 +423,10 @@ def unet_step(pipe: Any, concepts: list[pf.Concept], rounds: int) -> dict[str, A
     """UNet forward (batch 2, 64×64 latents, 77 tokens) with 0/1/4/16 concepts and an unfused
     rank-4 LoRA, round-robin (apply, forward, remove), ratio to none per round, median."""
     generator = torch.Generator().manual_seed(3)
-    latents = torch.randn(BATCH, 4, LATENT_SIDE, LATENT_SIDE, generator=generator)
-    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator)
-    timestep = torch.tensor(500)
+    where = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
+    latents = torch.randn(BATCH, 4, LATENT_SIDE, LATENT_SIDE, generator=generator).to(**where)
+    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
+    timestep = torch.tensor(500, device=pipe.unet.device)
     lora = lora_state_dict(pipe.unet)
 
     def forward() -> None:
@@ -468,10 +479,13 @@ def attn2_micro(pipe: Any, concepts: list[pf.Concept], rounds: int, repeats: int
     layout = pr.pipeline_layout(pipe)
     modules = {path: pipe.unet.get_submodule(path) for path, _ in layout.layers}
     generator = torch.Generator().manual_seed(4)
-    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator)
+    where = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
+    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
     tokens = {320: 4096, 640: 1024, 1280: 256}
     inputs = {
-        path: torch.randn(BATCH, 64 if "mid_block" in path else tokens[m], m, generator=generator)
+        path: torch.randn(
+            BATCH, 64 if "mid_block" in path else tokens[m], m, generator=generator
+        ).to(**where)
         for path, m in layout.layers
     }
     processors: dict[str, dict[str, Any]] = {"none": {p: m.processor for p, m in modules.items()}}
@@ -492,8 +506,10 @@ def attn2_micro(pipe: Any, concepts: list[pf.Concept], rounds: int, repeats: int
                         module.set_processor(processors[name][path])
                         best = float("inf")
                         for _ in range(repeats):
+                            synchronize()
                             start = time.perf_counter_ns()
                             module(inputs[path], encoder_hidden_states=text)
+                            synchronize()
                             best = min(best, time.perf_counter_ns() - start)
                         totals[name] += best / 1e6
                 gc.enable()
@@ -592,14 +608,18 @@ def memory(pipe: Any, concepts: list[pf.Concept], concepts_f32: list[pf.Concept]
 
 
 def machine() -> dict[str, str]:
-    """Where the numbers were taken."""
+    """Where the numbers were taken (the GPU too, once CUDA is in use)."""
     cpu = platform.processor()
     with contextlib.suppress(OSError, StopIteration):
         lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
         cpu = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    gpu = {}
+    if torch.cuda.is_initialized():
+        gpu = {"gpu": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"}
     return {
         "platform": platform.platform(),
         "cpu": f"{cpu or '?'}, {os.cpu_count()} CPUs",
+        **gpu,
         "python": platform.python_version(),
         "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
         "diffusers": diffusers.__version__,
@@ -636,7 +656,8 @@ def report(results: dict[str, Any]) -> None:
     print(f"`{results['command']}`\n")
     print(" · ".join(f"{key} {value}" for key, value in results["machine"].items()))
     print(
-        f"\nPipeline: SD 1.5 UNet ({results['unet_parameters']:,} parameters, fp32),"
+        f"\nPipeline: SD 1.5 UNet ({results['unet_parameters']:,} parameters,"
+        f" {results['dtype']} on {results['device']}),"
         f" CLIP text encoder {TEXT_DIM} wide with {results['text_layers']} layers and a"
         f" {VOCAB_SIZE:,} × {TEXT_DIM} token table, synthetic CLIP BPE tokenizer"
         f" ({VOCAB_SIZE:,} tokens, {results['merges']:,} merges), built in"
@@ -695,7 +716,7 @@ def report(results: dict[str, Any]) -> None:
         (
             "unet",
             f"UNet forward per step (batch {BATCH}, {LATENT_SIDE}×{LATENT_SIDE} latents,"
-            f" {MAX_LENGTH} tokens, fp32, no_grad)",
+            f" {MAX_LENGTH} tokens, {results['dtype']}, {results['device']}, no_grad)",
         ),
         (
             "micro",
@@ -718,7 +739,7 @@ def report(results: dict[str, Any]) -> None:
             ],
         )
     print(
-        "\nWhole-UNet ratios move by a few percent from round to round on this shared CPU (see"
+        "\nWhole-UNet ratios move by a few percent from round to round on a shared machine (see"
         " the quartiles): they cannot resolve differences below ~3 %. The attn2"
         " micro-benchmark (fastest of"
         f" {results['micro']['repeats']} calls per module and configuration, interleaved per"
@@ -780,6 +801,8 @@ def main() -> None:
     parser.add_argument(
         "--text-layers", type=int, default=2, help="text-encoder layers (SD 1.5 has 12)"
     )
+    parser.add_argument("--device", default="cpu", help="where the pipeline runs (cpu, cuda)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="its weights")
     args = parser.parse_args()
     diffusers.utils.logging.set_verbosity_error()  # "no LoRA keys for the text encoder" etc.
     transformers.logging.set_verbosity_error()  # the mean-resizing notice of textual inversion
@@ -789,7 +812,8 @@ def main() -> None:
         "micro": 5 if args.quick else 40,
     }
     start = time.perf_counter()
-    pipe = build_pipeline(args.text_layers)
+    pipe = build_pipeline(args.text_layers).to(args.device, DTYPES[args.dtype])
+    synchronize()
     build_s = time.perf_counter() - start
     layout = pr.pipeline_layout(pipe)
     if layout.family != "sd-1":
@@ -805,6 +829,8 @@ def main() -> None:
         "merges": vocab_merges,
         "build_s": build_s,
         "family": layout.family,
+        "device": args.device,
+        "dtype": args.dtype,
     }
     results["apply"] = apply_remove(pipe, concepts, rounds["apply"])
     results["memory"] = memory(pipe, concepts, concepts_f32)
