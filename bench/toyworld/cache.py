@@ -1,7 +1,8 @@
 """The toy world's cache: one folder per stage under one root, made once and reused.
 
 A stage's folder holds what it made and ``stage.json``: the stage's *key* (a digest of its
-settings, which include the keys of the stages it read from) and a summary of what it found. A
+settings, which include the keys of the stages it read from and a digest of the source code that
+makes it) and a summary of what it found. A
 stage whose folder has a stamp with the same key is not run again; a stage whose settings or
 inputs changed is rebuilt, and with it everything downstream (their keys change too). A stage is
 built in ``<stage>.partial`` and renamed into place once complete, so an interrupted run leaves no
@@ -23,13 +24,13 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAMP", "Cache", "StageResult", "digest"]
+__all__ = ["STAMP", "Cache", "StageResult", "digest", "source_digest"]
 
 STAMP = "stage.json"
 
@@ -38,6 +39,19 @@ def digest(settings: Any) -> str:
     """A short SHA-256 of ``settings`` as canonical JSON."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_digest(paths: Sequence[Path]) -> str:
+    """A short SHA-256 of the Python sources at ``paths`` (files, or folders searched for
+    ``*.py``): part of a stage's key, so that changing the code that makes a stage rebuilds it."""
+    hasher = hashlib.sha256()
+    for path in paths:
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            name = file.relative_to(path) if path.is_dir() else Path(file.name)
+            hasher.update(f"{name.as_posix()}\0".encode())
+            hasher.update(hashlib.sha256(file.read_bytes()).digest())
+    return hasher.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from toyworld.base_model import (
     train_autoencoder,
     without_colours,
 )
-from toyworld.cache import Cache, StageResult
+from toyworld.cache import Cache, StageResult, source_digest
 from toyworld.concepts import (
     TEMPLATE,
     VARIANTS,
@@ -91,6 +91,20 @@ from toyworld.world import (
 
 __all__ = ["PROFILES", "STAGES", "Profile", "Run", "main", "run"]
 
+TOYWORLD = Path(__file__).resolve().parent
+RUNTIME = REPO / "runtime" / "src" / "perfusion_runtime"
+#: The code each stage's output depends on besides its inputs (whose keys its key holds): a
+#: change to it rebuilds the stage. (This file's stage functions are not in it: after changing
+#: them, ``--rebuild STAGE``.)
+STAGE_CODE: dict[str, tuple[Path, ...]] = {
+    "world": (TOYWORLD / "world.py",),
+    "instrument": (TOYWORLD / "instrument.py",),
+    "autoencoder": (TOYWORLD / "base_model.py",),
+    "base": (TOYWORLD / "base_model.py",),
+    "gate": (TOYWORLD / "base_model.py",),
+    "concepts": (TOYWORLD / "concepts.py", RUNTIME),
+    "measurements": (TOYWORLD / "measure.py", TOYWORLD / "report.py", RUNTIME),
+}
 #: The instrument's held-out accuracy per attribute needed to trust its readings.
 TRUSTED = 0.95
 #: Datasets the world stage draws: name → (split, objects per image).
@@ -206,8 +220,10 @@ class Run:
     def stage(
         self, name: str, settings: dict[str, Any], make: Callable[[Path], dict[str, Any]]
     ) -> StageResult:
-        """:meth:`Cache.stage`, rebuilding the stages the run was asked to rebuild."""
-        return self.cache.stage(name, settings, make, rebuild=name in self.rebuild)
+        """:meth:`Cache.stage` with the digest of the stage's code in its key, rebuilding the
+        stages the run was asked to rebuild."""
+        keyed = {**settings, "code": source_digest(STAGE_CODE[name])}
+        return self.cache.stage(name, keyed, make, rebuild=name in self.rebuild)
 
     @contextmanager
     def progress(self, stage: str) -> Iterator[Progress | None]:

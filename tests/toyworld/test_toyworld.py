@@ -22,7 +22,7 @@ from toyworld.cache import STAMP
 from toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
 from toyworld.instrument import Instrument, accuracy
 from toyworld.measure import ALIGNMENT, prompt
-from toyworld.run import PROFILES, STAGES, Run, load_base, run
+from toyworld.run import PROFILES, STAGE_CODE, STAGES, Run, load_base, run
 from toyworld.world import (
     BACKGROUND_JITTER,
     COLOUR_JITTER,
@@ -219,6 +219,22 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
         "instrument",
         "autoencoder",
     }
+
+
+def test_changed_code_of_a_stage_rebuilds_it(
+    built: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage's key holds a digest of its code: an edited measure.py re-measures, and nothing
+    else is rebuilt."""
+    root = tmp_path / "cache"
+    shutil.copytree(built.cache.root, root)
+    source, *others = STAGE_CODE["measurements"]
+    edited = tmp_path / source.name
+    edited.write_text(source.read_text() + "\n# edited\n")
+    monkeypatch.setitem(STAGE_CODE, "measurements", (edited, *others))
+    rerun = run(root, TINY)
+    assert {name for name, result in rerun.results.items() if result.built} == {"measurements"}
+    assert _stamps(rerun)["measurements"] != _stamps(built)["measurements"]
 
 
 # --------------------------------------------------------------------------------------------
