@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
-import numpy as np
 import pytest
+from concept_factory import REPO, ConceptFactory, build_concept
 
 import perfusion_format as pf
-
-REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO / "spec" / "vectors"
-
-ConceptFactory = Callable[..., pf.Concept]
-
-
-def build_concept(
-    family: str = "sd-1", dtype: pf.DType = "F16", seed: int = 0, **overrides: Any
-) -> pf.Concept:
-    """A valid unsigned concept with random values for ``family``; keyword arguments override
-    any argument of :func:`perfusion_format.create_concept`."""
-    spec = pf.get_family(family)
-    rng = np.random.default_rng(seed)
-    d = spec.text_dim
-    target = rng.standard_normal(d)
-    arguments: dict[str, Any] = {
-        "name": "Teddy",
-        "token": "<teddy>",
-        "superclass": "teddy",
-        "family": family,
-        "base_fingerprint": "sha256:" + "0" * 64,
-        "embeddings": {name: rng.standard_normal((1, w)) for name, w in spec.text_encoders},
-        "target_input": target,
-        "gate_direction": target * 0.5,
-        "superclass_input": rng.standard_normal(d),
-        "value_targets": {path: rng.standard_normal(w) for path, w in spec.layers or ()},
-        "dtype": dtype,
-        "created": "2026-11-25T12:00:00Z",
-    }
-    arguments.update(overrides)
-    return pf.create_concept(**arguments)
 
 
 @pytest.fixture
@@ -86,15 +53,26 @@ def _load_fixture_module(name: str, path: Path) -> ModuleType:
     return module
 
 
-_backends = _load_fixture_module("backends", REPO / "tests" / "registry" / "backends.py")
-# The registry's real backends (documented in tests/registry/backends.py).
-postgres_url = _backends.postgres_url
-aws_test_environment = _backends.aws_test_environment
-s3_server = _backends.s3_server
-s3_endpoint = _backends.s3_endpoint
-blob_store = _backends.blob_store
+def _registry_installed() -> bool:
+    """Whether ``pfx_registry`` imports: the registry's and the client's fixtures need it; the
+    format's and the runtime's tests do not (a GPU machine runs tests/runtime without it)."""
+    try:
+        import pfx_registry  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-# A real registry server for the client's end-to-end tests (tests/client/registry_server.py).
-registry_server = _load_fixture_module(
-    "registry_server", REPO / "tests" / "client" / "registry_server.py"
-).registry_server
+
+if _registry_installed():
+    _backends = _load_fixture_module("backends", REPO / "tests" / "registry" / "backends.py")
+    # The registry's real backends (documented in tests/registry/backends.py).
+    postgres_url = _backends.postgres_url
+    aws_test_environment = _backends.aws_test_environment
+    s3_server = _backends.s3_server
+    s3_endpoint = _backends.s3_endpoint
+    blob_store = _backends.blob_store
+
+    # A real registry server for the client's end-to-end tests (tests/client/registry_server.py).
+    registry_server = _load_fixture_module(
+        "registry_server", REPO / "tests" / "client" / "registry_server.py"
+    ).registry_server

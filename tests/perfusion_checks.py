@@ -29,7 +29,8 @@ class Captured:
 
 
 def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
-    """Run one attn2 module on random queries and ``encodings``; return the K and V it used."""
+    """Run one attn2 module on random queries and ``encodings`` (both moved to the module's
+    device); return the K and V it used."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = F.scaled_dot_product_attention
 
@@ -37,8 +38,10 @@ def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
         seen.append((key, value))
         return original(query, key, value, **kw)
 
-    width = attention.to_q.weight.shape[1]
-    queries = torch.randn(encodings.shape[0], 4, width, generator=torch.Generator().manual_seed(0))
+    width, device = attention.to_q.weight.shape[1], attention.to_q.weight.device
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(encodings.shape[0], 4, width, generator=generator).to(device)
+    encodings = encodings.to(device)
     F.scaled_dot_product_attention = recorder
     try:
         with torch.no_grad():
@@ -49,7 +52,7 @@ def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
     key, value = seen[0]
 
     def merge(t: torch.Tensor) -> np.ndarray:  # [B, heads, T, hd] -> [B, T, heads·hd]
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1).double().numpy()
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1).double().cpu().numpy()
 
     return Captured(merge(key), merge(value))
 
@@ -78,8 +81,8 @@ def expected_kv(
 
 def layer_weights(attention: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     return (
-        attention.to_k.weight.detach().double().numpy(),
-        attention.to_v.weight.detach().double().numpy(),
+        attention.to_k.weight.detach().double().cpu().numpy(),
+        attention.to_v.weight.detach().double().cpu().numpy(),
     )
 
 

@@ -66,8 +66,8 @@ def weights(pipe: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
     """W_k, W_v of one attn2 layer (float64)."""
     attention = pipe.unet.get_submodule(path + BLOCK)
     return (
-        attention.to_k.weight.detach().double().numpy(),
-        attention.to_v.weight.detach().double().numpy(),
+        attention.to_k.weight.detach().double().cpu().numpy(),
+        attention.to_v.weight.detach().double().cpu().numpy(),
     )
 
 

@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable
 from itertools import pairwise
@@ -50,9 +51,14 @@ from transformers import (
     CLIPTokenizer,
 )
 
+#: Where :func:`build_pipeline` puts the pipelines: the CPU, or ``PFX_TEST_DEVICE``
+#: (``PFX_TEST_DEVICE=cuda pytest tests/runtime`` runs the runtime's tests on a GPU).
+TEST_DEVICE = os.environ.get("PFX_TEST_DEVICE", "cpu")
+
 __all__ = [
     "DEFAULT_WORDS",
     "IMAGE_SIZE",
+    "TEST_DEVICE",
     "TEXT_DIMS",
     "PipelineKind",
     "build_clip_tokenizer",
@@ -337,7 +343,7 @@ def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
 
 
 def build_pipeline(kind: PipelineKind, seed: int = 0) -> DiffusionPipeline:
-    """A tiny ``kind`` pipeline with random weights, fp32 on the CPU, in eval mode.
+    """A tiny ``kind`` pipeline with random weights, fp32 on ``TEST_DEVICE``, in eval mode.
 
     ``torch.manual_seed(seed)`` runs before each component is built, so the same ``(kind, seed)``
     always gives the same weights. The pipeline makes ``IMAGE_SIZE`` (32) px images by default.
@@ -352,7 +358,7 @@ def build_pipeline(kind: PipelineKind, seed: int = 0) -> DiffusionPipeline:
         if isinstance(component, torch.nn.Module):
             component.eval()  # as ``from_pretrained`` leaves them
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(TEST_DEVICE)
 
 
 def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import build_concept
+from concept_factory import build_concept
 from registry_server import Account, RegistryServer
 
 import perfusion_format as pf

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import build_concept
+from concept_factory import build_concept
 
 import perfusion_format as pf
 from pfx.cache import Cache, registry_slug

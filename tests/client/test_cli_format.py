@@ -17,7 +17,7 @@ from unittest.mock import ANY
 
 import pytest
 from cli_runners import PFX, Run, Runner, cli, pfx  # noqa: F401 — fixtures
-from conftest import VECTORS, ConceptFactory
+from concept_factory import VECTORS, ConceptFactory
 
 import perfusion_format as pf
 

@@ -32,7 +32,7 @@ from cli_runners import (  # noqa: F401 — fixtures
     push,
     signer,
 )
-from conftest import VECTORS
+from concept_factory import VECTORS
 from registry_server import Account, RegistryServer, Reply, relay, scripted, unique_name
 
 import perfusion_format as pf

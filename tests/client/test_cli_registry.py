@@ -31,7 +31,7 @@ from cli_runners import (  # noqa: F401 — fixtures
     signer,
     speak_as,
 )
-from conftest import VECTORS
+from concept_factory import VECTORS
 from registry_server import Account, RegistryServer, scripted, unique_name
 
 import perfusion_format as pf

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 from backends import free_port
-from conftest import build_concept
+from concept_factory import build_concept
 from registry_server import Account, RegistryServer, Reply, error_reply, scripted, unique_name
 
 import perfusion_format as pf

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_runners import PFX, Run, Runner, alice, cli, pfx, pfx_home, push  # noqa: F401 — fixtures
-from conftest import VECTORS
+from concept_factory import VECTORS
 from PIL import Image
 from registry_server import Account
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import build_concept
+from concept_factory import build_concept
 
 import perfusion_format as pf
 from pfx.errors import ClientError, ErrorCode

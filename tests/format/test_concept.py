@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ConceptFactory
+from concept_factory import ConceptFactory
 
 import perfusion_format as pf
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import ConceptFactory
+from concept_factory import ConceptFactory
 
 import perfusion_format as pf
 from perfusion_format.container import RawTensor, parse_container, write_container

@@ -7,7 +7,7 @@ import json
 import struct
 
 import pytest
-from conftest import VECTORS
+from concept_factory import VECTORS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -7,7 +7,7 @@ import json
 import stat
 
 import pytest
-from conftest import ConceptFactory
+from concept_factory import ConceptFactory
 
 import perfusion_format as pf
 from perfusion_format.container import write_container

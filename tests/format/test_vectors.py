@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import VECTORS
+from concept_factory import VECTORS
 
 import perfusion_format as pf
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 from backends import fresh_postgres_database
-from conftest import VECTORS, build_concept
+from concept_factory import VECTORS, build_concept
 from fastapi.testclient import TestClient
 
 import perfusion_format as pf

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import build_concept
+from concept_factory import build_concept
 from test_api import World, world  # noqa: F401 — the fixture
 
 import perfusion_format as pf

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from backends import free_port
-from conftest import VECTORS
+from concept_factory import VECTORS
 
 COMMAND = str(Path(sys.executable).with_name("pfx-registry"))
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import VECTORS
+from concept_factory import VECTORS
 from perfusion_checks import (
     PROMPT,
     capture_kv,
@@ -120,8 +120,8 @@ def test_set_gate_moves_the_concept_monotonically(world) -> None:
         attention = pipe.unet.get_submodule(path)
         o_v = teddy.value_targets[path]
         weights = (
-            attention.to_k.weight.double().detach().numpy(),
-            attention.to_v.weight.double().detach().numpy(),
+            attention.to_k.weight.double().detach().cpu().numpy(),
+            attention.to_v.weight.double().detach().cpu().numpy(),
         )
         along, images = [], []
         for beta in (1.2, 0.9, 0.7, 0.5, 0.3):
@@ -230,7 +230,8 @@ def test_composes_with_lora_and_textual_inversion() -> None:
         layer = getattr(attention, projection)
         (adapter,) = layer.lora_A.keys()
         delta = layer.lora_B[adapter].weight @ layer.lora_A[adapter].weight
-        return (layer.base_layer.weight + layer.scaling[adapter] * delta).double().detach().numpy()
+        weight = layer.base_layer.weight + layer.scaling[adapter] * delta
+        return weight.double().detach().cpu().numpy()
 
     prompt = "a photo of a <teddy> and a <ti>"
     with pr.apply(pipe, [teddy]):
@@ -250,10 +251,10 @@ def test_composes_with_lora_and_textual_inversion() -> None:
         ids = pipe.tokenizer(
             prompt, padding="max_length", max_length=77, return_tensors="pt"
         ).input_ids
-        pipe.text_encoder(ids)
+        pipe.text_encoder(ids.to(pipe.text_encoder.device))
         hook.remove()
         ti_id, teddy_id = pipe.tokenizer.convert_tokens_to_ids(["<ti>", "<teddy>"])
-        row = embedded["out"][0]
+        row = embedded["out"][0].cpu()
         torch.testing.assert_close(row[ids[0].tolist().index(ti_id)], ti_vector)
         np.testing.assert_allclose(
             row[ids[0].tolist().index(teddy_id)].detach().numpy(),
@@ -270,12 +271,14 @@ def test_bfloat16_pipeline_keeps_its_dtype_with_float32_gate_math() -> None:
     with pr.apply(pipe, [teddy]) as handle:
         image = generate(pipe, PROMPT.format("<teddy>"))
         assert np.isfinite(image).all()
-        encodings = pr.encode_prompts(pipe, [PROMPT.format("<teddy>")])[0].to(torch.bfloat16)
+        encodings = pr.encode_prompts(pipe, [PROMPT.format("<teddy>")])[0]
+        encodings = encodings.to(pipe.device, torch.bfloat16)
         attention = pipe.unet.get_submodule(pr.pipeline_layout(pipe).layers[0][0])
         seen = {}
         hook = attention.to_v.register_forward_hook(lambda _m, _i, out: seen.setdefault("v", out))
+        queries = torch.randn(1, 4, 32, dtype=torch.bfloat16).to(pipe.device)
         with torch.no_grad():
-            attention(torch.randn(1, 4, 32, dtype=torch.bfloat16), encoder_hidden_states=encodings)
+            attention(queries, encoder_hidden_states=encodings)
         hook.remove()
         assert seen["v"].dtype == torch.bfloat16
         assert handle._concepts.inputs(encodings).scores.dtype == torch.float32
@@ -288,7 +291,7 @@ def test_new_concept_is_initialised_as_the_paper_says() -> None:
     concept = pr.new_concept(pipe, token="<teddy>", superclass="teddy", covariance=covariance)
     teddy_id = pipe.tokenizer.convert_tokens_to_ids("teddy</w>")
     for name in ("text_encoder", "text_encoder_2"):
-        row = getattr(pipe, name).get_input_embeddings().weight[teddy_id].detach().numpy()
+        row = getattr(pipe, name).get_input_embeddings().weight[teddy_id].detach().cpu().numpy()
         np.testing.assert_array_equal(concept.embeddings[name][0], row)
     encodings = pr.encode_prompts(pipe, ["a photo of a teddy"])[0][0]
     i_s = encodings[token_position(pipe, "a photo of a teddy", teddy_id)].numpy()
@@ -300,7 +303,7 @@ def test_new_concept_is_initialised_as_the_paper_says() -> None:
         (c + ridge * np.eye(len(c))) @ concept.gate_direction, i_s, atol=1e-4
     )
     for path, _ in concept.layers:
-        w_v = pipe.unet.get_submodule(path).to_v.weight.detach().double().numpy()
+        w_v = pipe.unet.get_submodule(path).to_v.weight.detach().double().cpu().numpy()
         np.testing.assert_allclose(concept.value_targets[path], w_v @ i_s, atol=1e-5)
     assert concept.base_fingerprint == pr.pipeline_fingerprint(pipe, concept.layers)
     with pytest.raises(pr.PerfusionRuntimeError) as raised:
@@ -318,7 +321,8 @@ def test_build_covariance_matches_a_token_by_token_sum() -> None:
     for caption in captions:
         length = len(pipe.tokenizer(caption).input_ids)  # start + words + end, no padding
         with torch.no_grad():
-            embeds = pipe.encode_prompt(caption, "cpu", 1, False)[0][0, :length].double().numpy()
+            embeds = pipe.encode_prompt(caption, pipe.device, 1, False)[0][0, :length]
+        embeds = embeds.double().cpu().numpy()
         total += embeds.T @ embeds
         count += length
     np.testing.assert_allclose(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import safetensors.torch
 import torch
-from conftest import build_concept
+from concept_factory import build_concept
 from tiny_pipelines import build_pipeline
 
 import perfusion_format as pf
@@ -39,7 +39,7 @@ def test_covariance_is_the_mean_outer_product_of_non_padding_encodings(
 ) -> None:
     tokens = pipe.tokenizer(CAPTIONS, padding="max_length", max_length=77, return_tensors="pt")
     with torch.no_grad():
-        outputs = pipe.text_encoder(tokens.input_ids)[0].double()  # [B, T, d]
+        outputs = pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].double().cpu()  # [B, T, d]
     mask = tokens.attention_mask.double()
     expected = torch.einsum("btd,bte,bt->de", outputs, outputs, mask) / mask.sum()
     torch.testing.assert_close(covariance.matrix, expected, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ from diffusers import DiffusionPipeline
 from tiny_pipelines import (
     DEFAULT_WORDS,
     IMAGE_SIZE,
+    TEST_DEVICE,
     TEXT_DIMS,
     PipelineKind,
     build_clip_tokenizer,
@@ -136,7 +137,7 @@ def test_generates_and_reloads_to_the_identical_image(
     assert list(folder.rglob("*.safetensors"))
     assert not list(folder.rglob("*.bin"))
 
-    reloaded = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    reloaded = DiffusionPipeline.from_pretrained(folder, local_files_only=True).to(TEST_DEVICE)
     assert type(reloaded) is type(pipe)
     reloaded.set_progress_bar_config(disable=True)
     assert np.array_equal(_generate(reloaded), image)

@@ -17,7 +17,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors import safe_open
-from tiny_pipelines import build_pipeline
+from tiny_pipelines import TEST_DEVICE, build_pipeline
 from training_images import draw_images, draw_masks
 
 import perfusion_format as pf
@@ -124,22 +124,22 @@ def test_the_edit_is_differentiable_and_float32_under_autocast(trained: Trained)
     """With autograd on, LayerEdit.values takes the differentiable branch (same numbers as the
     fused in-place inference path) and gradients reach the value targets; scores and gates stay
     float32 under autocast."""
-    concept = trained.concept
+    concept, device = trained.concept, torch.device(TEST_DEVICE)
     vectors = ConceptVectors.from_concept(concept, beta=0.75, tau=0.1)
     concepts = ConceptSet([vectors])
     value = next(iter(concept.value_targets.values()))
-    targets = torch.tensor(value[None]).requires_grad_()
+    targets = torch.tensor(value[None], device=device).requires_grad_()
     edit = LayerEdit(concepts, targets)
     generator = torch.Generator().manual_seed(0)
-    encodings = torch.randn(2, 7, concept.target_input.shape[0], generator=generator)
-    weight = torch.randn(value.shape[0], encodings.shape[-1], generator=generator)
+    encodings = torch.randn(2, 7, concept.target_input.shape[0], generator=generator).to(device)
+    weight = torch.randn(value.shape[0], encodings.shape[-1], generator=generator).to(device)
     with torch.no_grad():
         fused = edit.values(encodings.clone(), lambda e: e @ weight.T)
     differentiable = edit.values(encodings, lambda e: e @ weight.T)
     torch.testing.assert_close(differentiable, fused)
     differentiable.sum().backward()
     assert targets.grad is not None and targets.grad.abs().sum() > 0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         inputs = concepts.inputs(encodings.clone())
     assert inputs.scores.dtype == inputs.gates.dtype == torch.float32
     torch.testing.assert_close(inputs.scores, concepts.inputs(encodings.clone()).scores)
@@ -155,16 +155,17 @@ def test_training_lowers_the_loss_on_a_fixed_batch(
         [torch.from_numpy(np.asarray(Image.open(f), np.float32) / 127.5 - 1) for f in files]
     ).permute(0, 3, 1, 2)
     with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        latents = pipe.vae.encode(pixels.to(pipe.device)).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
     generator = torch.Generator().manual_seed(123)
     picks = torch.arange(8) % len(files)
-    noise = torch.randn((8, *latents.shape[1:]), generator=generator)
-    timesteps = torch.linspace(50, 950, 8).long()
+    noise = torch.randn((8, *latents.shape[1:]), generator=generator).to(pipe.device)
+    timesteps = torch.linspace(50, 950, 8).long().to(pipe.device)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     def loss(concept: pf.Concept) -> float:
         with torch.no_grad(), pr.apply(pipe, concept, beta=0.75, tau=0.1):
-            encodings = pr.encode_prompts(pipe, ["a photo of a <teddy>"] * 8)[0]
+            encodings = pr.encode_prompts(pipe, ["a photo of a <teddy>"] * 8)[0].to(pipe.device)
             noisy = scheduler.add_noise(latents[picks], noise, timesteps)
             prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=encodings).sample
         return float(((prediction - noise) ** 2).mean())
@@ -204,9 +205,8 @@ def test_unlocked_keys_learn_one_key_target_per_layer(
     lr, decay = config.lr_values, config.weight_decay
     moved = 0
     for path, key in concept.key_targets.items():
-        start = pipe.unet.get_submodule(path).to_k.weight.detach().double().numpy() @ np.asarray(
-            initial.superclass_input, np.float64
-        )
+        w_k = pipe.unet.get_submodule(path).to_k.weight.detach().double().cpu().numpy()
+        start = w_k @ np.asarray(initial.superclass_input, np.float64)
         step = key - start + lr * decay * start
         changed = np.abs(key - start) > 1e-6
         sizes = np.abs(step[changed])  # lr·|g|/(|g| + ε): lr, a little less for tiny gradients
@@ -239,7 +239,7 @@ def test_target_and_superclass_inputs_follow_their_emas(pipe: Any, trained: Trai
         if "<teddy>" not in prompts[0]:
             continue
         positions = [tokenizer(p).input_ids.index(token_id) for p in prompts]
-        targets.append(encodings[torch.arange(len(prompts)), positions].mean(0))
+        targets.append(encodings[torch.arange(len(prompts)), positions].float().mean(0).cpu())
         words = pr.encode_prompts(pipe, [p.replace("<teddy>", "teddy") for p in prompts])[0]
         superclass.append(words[torch.arange(len(prompts)), positions].mean(0))
     assert len(targets) == FAST.steps * FAST.accumulate
@@ -441,6 +441,8 @@ def test_bad_input_is_refused_before_the_first_step(
     code: str,
 ) -> None:
     arguments, changes = _case(name, tmp_path, images)
+    if name == "fp16-on-cpu":  # refused on a CPU pipeline, whatever TEST_DEVICE is
+        pipe = build_pipeline("sd-1").to("cpu")
     if name == "covariance-shape":
         covariance = torch.eye(covariance.shape[0] + 1, dtype=torch.float64)
     steps: list[pr.TrainingProgress] = []
