@@ -29,8 +29,8 @@ class Captured:
 
 
 def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
-    """Run one attn2 module on random queries and ``encodings`` (both moved to the module's
-    device); return the K and V it used."""
+    """Run one attn2 module on random queries (in the module's dtype) and ``encodings`` (both
+    moved to the module's device); return the K and V it used."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = F.scaled_dot_product_attention
 
@@ -38,9 +38,11 @@ def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
         seen.append((key, value))
         return original(query, key, value, **kw)
 
-    width, device = attention.to_q.weight.shape[1], attention.to_q.weight.device
+    weight = attention.to_q.weight
     generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(encodings.shape[0], 4, width, generator=generator).to(device)
+    queries = torch.randn(encodings.shape[0], 4, weight.shape[1], generator=generator)
+    queries = queries.to(weight.device, weight.dtype)
+    device = weight.device
     encodings = encodings.to(device)
     F.scaled_dot_product_attention = recorder
     try:

@@ -18,6 +18,7 @@ from perfusion_checks import (
     attention_modules,
     capture_kv,
     check_all_layers,
+    expected_kv,
     layer_weights,
     sigmoid,
     token_position,
@@ -133,3 +134,26 @@ def test_functional_core_on_plain_tensors() -> None:
         expected_v += -s[..., None] * (w_v @ target) + gate * o_v
     np.testing.assert_allclose(keys, expected_k, atol=1e-4)
     np.testing.assert_allclose(values, expected_v, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_pipeline_follows_the_equation_to_its_precision(dtype) -> None:
+    """In a float16/bfloat16 pipeline the edit is added in the layer's dtype: K and V still match
+    the equation, evaluated in float64 from the half-precision weights and encodings, to a few
+    of that dtype's rounding steps (the edit term alone is ~σ·o_v, far larger)."""
+    pipe = build_pipeline("sd-1")
+    teddy = trained_like_concept(pipe, "<teddy>", "teddy", seed=1)
+    pipe.to(dtype)
+    prompt = "a photo of a <teddy> on a beach"
+    with pr.apply(pipe, [teddy]):
+        encodings = pr.encode_prompts(pipe, [prompt])[0].to(dtype)
+        for path, attention in attention_modules(pipe).items():
+            got = capture_kv(attention, encodings)
+            exact = encodings.float().numpy()
+            keys, values = expected_kv(layer_weights(attention), exact, [(teddy, 0.7, 0.15)], path)
+            scale = max(1.0, np.abs(values).max(), np.abs(keys).max())
+            tolerance = 8 * torch.finfo(dtype).eps * scale
+            np.testing.assert_allclose(got.keys, keys, rtol=0, atol=tolerance, err_msg=path)
+            np.testing.assert_allclose(got.values, values, rtol=0, atol=tolerance, err_msg=path)
+            edit = sigmoid((1 - 0.7) / 0.15) * teddy.value_targets[path]
+            assert np.abs(edit).max() > 10 * tolerance  # a missing edit could not pass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -104,6 +104,15 @@ class EditInputs:
     gates: Tensor
     value_inputs: Tensor
     key_inputs: Tensor
+    _flat_gates: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def flat_gates(self, dtype: torch.dtype) -> Tensor:
+        """The gates as [rows, N] in ``dtype``, cast once per dtype (every layer reuses it)."""
+        flat = self._flat_gates.get(dtype)
+        if flat is None:
+            flat = self.gates.reshape(-1, self.gates.shape[-1]).to(dtype)
+            self._flat_gates[dtype] = flat
+        return flat
 
 
 def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -116,17 +125,24 @@ def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager
 
 
 class _DeviceCache:
-    """Copies of a set of tensors per (device, dtype), made on first use."""
+    """Copies of a set of tensors per (device, dtype), made on first use.
+
+    A tensor already on the device (in the dtype) is its own copy, so trainable leaves stay live;
+    converted copies of tensors that require grad are made afresh on every call, never kept
+    stale.
+    """
 
     def __init__(self, tensors: dict[str, Tensor]) -> None:
         self.master = tensors
-        self._copies: dict[torch.device, dict[str, Tensor]] = {}
+        self._copies: dict[tuple[torch.device, torch.dtype | None], dict[str, Tensor]] = {}
 
-    def on(self, device: torch.device) -> dict[str, Tensor]:
-        copy = self._copies.get(device)
+    def on(self, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """The tensors on ``device``, in ``dtype`` (None: their own)."""
+        copy = self._copies.get((device, dtype))
         if copy is None:
-            copy = {name: tensor.to(device) for name, tensor in self.master.items()}
-            self._copies[device] = copy
+            copy = {name: tensor.to(device, dtype) for name, tensor in self.master.items()}
+            if not any(tensor.requires_grad for tensor in self.master.values()):
+                self._copies[(device, dtype)] = copy
         return copy
 
 
@@ -299,10 +315,13 @@ class LayerEdit:
         """W_v'e: the edited values of ``encodings`` [..., d], projected by ``project`` (to_v)."""
         inputs = self.concepts.inputs(encodings)
         values = project(inputs.value_inputs)
-        targets = self._targets.on(encodings.device)["values"]
-        if values.dtype == torch.float32 and values.is_contiguous() and not torch.is_grad_enabled():
-            # inference in float32: add Σ gₙ o_vₙ in place, one fused matmul-add
+        if values.is_contiguous() and not torch.is_grad_enabled():
+            # inference: add Σ gₙ o_vₙ in place, one fused matmul-add in the layer's dtype (the
+            # gates and targets cast once; in float16/bfloat16 the edit term is rounded as the
+            # layer's own output is)
+            targets = self._targets.on(values.device, values.dtype)["values"]
             flat = values.view(-1, targets.shape[1])
-            flat.addmm_(inputs.gates.reshape(-1, targets.shape[0]), targets)
+            flat.addmm_(inputs.flat_gates(values.dtype), targets)
             return values
+        targets = self._targets.on(values.device)["values"]
         return (values.float() + inputs.gates @ targets).to(values.dtype)
