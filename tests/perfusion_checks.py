@@ -42,8 +42,7 @@ def capture_kv(attention: torch.nn.Module, encodings: torch.Tensor) -> Captured:
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(encodings.shape[0], 4, weight.shape[1], generator=generator)
     queries = queries.to(weight.device, weight.dtype)
-    device = weight.device
-    encodings = encodings.to(device)
+    encodings = encodings.to(weight.device)
     F.scaled_dot_product_attention = recorder
     try:
         with torch.no_grad():

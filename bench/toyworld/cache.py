@@ -2,11 +2,11 @@
 
 A stage's folder holds what it made and ``stage.json``: the stage's *key* (a digest of its
 settings, which include the keys of the stages it read from and a digest of the source code that
-makes it) and a summary of what it found. A
-stage whose folder has a stamp with the same key is not run again; a stage whose settings or
-inputs changed is rebuilt, and with it everything downstream (their keys change too). A stage is
-built in ``<stage>.partial`` and renamed into place once complete, so an interrupted run leaves no
-folder that looks finished. Every build or reuse is appended to ``log.jsonl``.
+makes it) and a summary of what it found. A stage whose folder has a stamp with the same key is
+not run again; a stage whose settings, code or inputs changed is rebuilt, and with it everything
+downstream (their keys change too). A stage is built in ``<stage>.partial`` and renamed into
+place once complete, so an interrupted run leaves no folder that looks finished. Every build or
+reuse is appended to ``log.jsonl``.
 
     <root>/
       log.jsonl        one line per stage per run: stage, action (built | cached), key, seconds
