@@ -25,6 +25,7 @@ from .digest import weights_digest
 from .errors import ErrorCode, FormatError, SignatureError
 from .families import FAMILIES, Family
 from .signing import Signature
+from .strict_json import StrictJSONError, has_lone_surrogate, loads_strict
 
 __all__ = [
     "FORMAT_NAME",
@@ -93,9 +94,15 @@ _VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_TOKEN = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
-_PHRASE = re.compile(r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?")
-_TITLE = re.compile(r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,126}[^\s\x00-\x1f\x7f])?")
+#: Control characters (spec §3.2): Unicode general category Cc, C0, DEL and C1.
+_CONTROL = "\x00-\x1f\x7f-\x9f"
+#: Whitespace (spec §3.2): the 25 code points of Unicode's White_Space property, spelled out so
+#: that the rule does not move with the Python version's Unicode tables.
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_VISIBLE = f"[^{_WHITESPACE}{_CONTROL}]"  # neither whitespace nor control
+_TOKEN = re.compile(f"{_VISIBLE}{{1,64}}")
+_PHRASE = re.compile(f"{_VISIBLE}([^{_CONTROL}]{{0,62}}{_VISIBLE})?")
+_TITLE = re.compile(f"{_VISIBLE}([^{_CONTROL}]{{0,126}}{_VISIBLE})?")
 _LAYER_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 EMBEDDING_PREFIX = "embedding."
@@ -196,12 +203,28 @@ def _check_metadata(metadata: Mapping[str, str]) -> Family:
             raise _invalid(key, "τ must be positive")
     if Key.TRAINING in metadata:
         try:
-            summary = json.loads(metadata[Key.TRAINING])
-        except (ValueError, RecursionError):
-            summary = None
+            summary = loads_strict(metadata[Key.TRAINING])
+        except StrictJSONError as error:
+            raise _invalid(Key.TRAINING, f"must be a JSON object: {error}") from None
         if not isinstance(summary, dict):
             raise _invalid(Key.TRAINING, "must be a JSON object")
     return family
+
+
+def _check_strings(metadata: Mapping[str, str]) -> None:
+    """Refuse metadata that could not be written: non-strings, or lone surrogates (no UTF-8).
+
+    Bytes never get here with either (the header's JSON refuses them); this guards metadata
+    built in memory, so that every :class:`Concept` can be digested and saved.
+    """
+    for key, value in metadata.items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise FormatError(ErrorCode.METADATA_INVALID, "metadata must map strings to strings")
+        if has_lone_surrogate(key) or has_lone_surrogate(value):
+            raise FormatError(
+                ErrorCode.METADATA_INVALID,
+                f"metadata key {key!r} or its value holds a lone surrogate (not UTF-8 encodable)",
+            )
 
 
 def _layer_table(family: Family, tensors: Mapping[str, RawTensor]) -> tuple[tuple[str, int], ...]:
@@ -270,10 +293,14 @@ def _expected_shapes(
     if has_superclass:
         expected[SUPERCLASS_INPUT] = (text_dim,)
     elif key_names:
+        # A key target for a layer outside the table is UNEXPECTED_TENSOR (left to the caller,
+        # as for any other name); KEY_TARGETS is for a layer of the table without one.
         expected_keys = {KEY_PREFIX + path: (width,) for path, width in layers}
-        if key_names != set(expected_keys):
+        missing = sorted(set(expected_keys) - key_names)
+        if missing:
             raise FormatError(
-                ErrorCode.KEY_TARGETS, "explicit key targets must cover exactly the value layers"
+                ErrorCode.KEY_TARGETS,
+                f"explicit key targets must cover every layer; {missing[0]} is missing",
             )
         expected.update(expected_keys)
     else:
@@ -349,6 +376,7 @@ class Concept:
         metadata = dict(self.metadata)
         if Key.SIGNATURES in metadata:
             raise ValueError("pass signatures separately from metadata")
+        _check_strings(metadata)
         family = _check_metadata(metadata)
         if not self.tensors:
             raise FormatError(ErrorCode.MISSING_TENSOR, "the file carries no tensors")
@@ -431,7 +459,7 @@ class Concept:
     @property
     def training(self) -> dict[str, Any]:
         """The training summary (empty when the file has none)."""
-        return json.loads(self.metadata.get(Key.TRAINING, "{}"))
+        return loads_strict(self.metadata.get(Key.TRAINING, "{}"))
 
     # -- the tensors, widened to float32 ----------------------------------------------------
 

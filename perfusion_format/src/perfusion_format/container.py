@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ErrorCode, FormatError
+from .strict_json import StrictJSONError, loads_strict
 
 __all__ = [
     "DTYPES",
@@ -46,6 +47,7 @@ MAX_HEADER_SIZE = 128 * 1024
 
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 _ALIGNMENT = 8
+_MAX_U64 = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -74,45 +76,31 @@ def _fail(code: ErrorCode, message: str) -> FormatError:
     return FormatError(code, message)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in the header")
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _fail(ErrorCode.DUPLICATE_NAME, f"the header names {key!r} twice")
-        result[key] = value
-    return result
-
-
 def _decode_header(raw: bytes) -> dict[str, Any]:
-    """Decode header bytes: strict UTF-8 JSON object, trailing spaces only, no duplicate keys."""
+    """Decode header bytes: UTF-8, the format's strict JSON (§2.1), an object, then only spaces."""
     text_bytes = raw.rstrip(b" ")
     try:
         text = text_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail(ErrorCode.HEADER_INVALID, "the header is not valid UTF-8") from None
-    if not text.startswith("{") or not text.endswith("}"):
-        raise _fail(ErrorCode.HEADER_INVALID, "the header is not a JSON object")
+    if not text.startswith("{"):
+        raise _fail(ErrorCode.HEADER_INVALID, "the header does not start with '{'")
     try:
-        header = json.loads(
-            text,
-            object_pairs_hook=_object_without_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except FormatError:
-        raise
-    except (ValueError, RecursionError) as error:
-        raise _fail(ErrorCode.HEADER_INVALID, f"the header is not valid JSON ({error})") from None
+        header = loads_strict(text)
+    except StrictJSONError as error:
+        if error.duplicate is not None:
+            raise _fail(
+                ErrorCode.DUPLICATE_NAME, f"the header names {error.duplicate!r} twice"
+            ) from None
+        raise _fail(ErrorCode.HEADER_INVALID, f"the header is not valid JSON: {error}") from None
     if not isinstance(header, dict):
         raise _fail(ErrorCode.HEADER_INVALID, "the header is not a JSON object")
     return header
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A dimension or offset: a JSON integer in 0 … 2⁶⁴ − 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_U64
 
 
 def _check_metadata(value: Any) -> dict[str, str]:
@@ -147,9 +135,15 @@ def _check_entry(name: str, value: Any) -> _Entry:
             f"tensor {name!r} has dtype {dtype!r}; allowed: F16, BF16, F32",
         )
     if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
-        raise _fail(ErrorCode.HEADER_INVALID, f"tensor {name!r} has an invalid shape")
+        raise _fail(
+            ErrorCode.HEADER_INVALID,
+            f"tensor {name!r} has a shape that is not a list of integers in 0 … 2⁶⁴ − 1",
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
-        raise _fail(ErrorCode.BAD_OFFSETS, f"tensor {name!r} has invalid data_offsets")
+        raise _fail(
+            ErrorCode.HEADER_INVALID,
+            f"tensor {name!r} has data_offsets that are not two integers in 0 … 2⁶⁴ − 1",
+        )
     begin, end = offsets
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if end < begin or end - begin != expected:
@@ -165,9 +159,11 @@ def parse_container(data: bytes) -> Container:
 
     Refuses, with the matching :class:`~perfusion_format.errors.ErrorCode`: files over
     :data:`MAX_FILE_SIZE`, a header over :data:`MAX_HEADER_SIZE` (checked before it is read),
-    header lengths that point past the end, non-JSON or duplicate-key headers, dtypes outside
-    F16/BF16/F32, more than one dtype, offsets that overlap, leave gaps or trailing bytes, and a
-    data buffer that ends early. Tensor arrays are read-only views of ``data``.
+    header lengths that point past the end, headers that are not the format's strict JSON
+    (leading whitespace, NaN, lone surrogates: HEADER_INVALID) or repeat a name (DUPLICATE_NAME),
+    malformed tensor entries (HEADER_INVALID), dtypes outside F16/BF16/F32, more than one dtype,
+    offsets that disagree with the shape, overlap, leave gaps or trailing bytes (BAD_OFFSETS), and
+    a data buffer that ends early. Tensor arrays are read-only views of ``data``.
     """
     if len(data) > MAX_FILE_SIZE:
         raise _fail(ErrorCode.FILE_TOO_LARGE, f"{len(data)} bytes exceeds {MAX_FILE_SIZE}")

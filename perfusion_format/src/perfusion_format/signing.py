@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ErrorCode, KeyFileError, SignatureError
+from .strict_json import StrictJSONError, loads_strict
 
 __all__ = [
     "MAX_SIGNATURES",
@@ -219,11 +220,15 @@ def _decode_entry(index: int, entry: Any) -> Signature:
 
 
 def decode_signatures(text: str) -> tuple[Signature, ...]:
-    """Parse the ``perfusion.signatures`` value: a JSON list of 1–16 distinct signer entries."""
+    """Parse the ``perfusion.signatures`` value: a JSON list of 1–16 distinct signer entries.
+
+    The text is read under the format's strict JSON profile (a repeated member, NaN or a lone
+    surrogate is SIGNATURE_MALFORMED, like any other malformed entry).
+    """
     try:
-        entries = json.loads(text, parse_constant=lambda name: None)
-    except (ValueError, RecursionError):
-        raise _malformed("perfusion.signatures is not valid JSON") from None
+        entries = loads_strict(text)
+    except StrictJSONError as error:
+        raise _malformed(f"perfusion.signatures is not valid JSON: {error}") from None
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_SIGNATURES:
         raise _malformed(f"perfusion.signatures must be a list of 1 to {MAX_SIGNATURES} entries")
     signatures = tuple(_decode_entry(index, entry) for index, entry in enumerate(entries))
