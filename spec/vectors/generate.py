@@ -198,7 +198,30 @@ def invalid_vectors(signed: bytes, unsigned: pf.Concept) -> list[tuple[str, str,
         entry = json.dumps(header[value0], separators=(",", ":"))
         return text[:-1] + f',"{value0}":{entry}' + "}"
 
+    def float_offsets(h: Header) -> None:
+        h[value0]["data_offsets"] = [float(offset) for offset in h[value0]["data_offsets"]]
+
+    def key_targets(extra: str | None, drop: str | None) -> Callable[[dict[str, np.ndarray]], None]:
+        def change(arrays: dict[str, np.ndarray]) -> None:
+            del arrays["superclass_input"]
+            for path, width in unsigned.layers:
+                if path != drop:
+                    arrays[f"key_target.{path}"] = np.zeros(width, dtype="<f2")
+            if extra is not None:
+                arrays[f"key_target.{extra}"] = np.zeros(320, dtype="<f2")
+
+        return change
+
     header_text = json.dumps(header, separators=(",", ":"))
+    signature_list = header["__metadata__"]["perfusion.signatures"]
+    key_id_member = signature_list[signature_list.index('"key_id"') : signature_list.index(",")]
+    repeated_key_id = signature_list.replace(key_id_member, f"{key_id_member},{key_id_member}", 1)
+    author_member = '"modelspec.author":"pfx test vectors",'
+    repeated_author = header_text.replace(
+        '{"__metadata__":{', '{"__metadata__":{' + author_member, 1
+    )
+    training = unsigned.metadata["perfusion.training"][:-1]  # the object without its closing }
+    outside = "down_blocks.9.attentions.0.transformer_blocks.0.attn2"
     bad_signature = json.dumps(
         [{"key_id": "ed25519:" + "0" * 32, "public_key": "AAAA", "signature": "AAAA"}]
     )
@@ -261,6 +284,38 @@ def invalid_vectors(signed: bytes, unsigned: pf.Concept) -> list[tuple[str, str,
          "one bit of a value target flipped after signing", flip_data_byte(signed, value0, 0)),
         ("tampered-metadata.perfusion.safetensors", "SIGNATURE_INVALID", "load",
          "modelspec.title changed after signing", edit_metadata(signed, modelspec__title="Evil teddy")),
+        ("header-leading-space.perfusion.safetensors", "HEADER_INVALID", "load",
+         "one space before the header's opening brace", join(" " + header_text, buffer)),
+        ("header-lone-surrogate.perfusion.safetensors", "HEADER_INVALID", "load",
+         "a metadata value holds the lone surrogate escape \\ud800",
+         edit_metadata(plain, modelspec__description="Test vector \ud800")),
+        ("offsets-not-integers.perfusion.safetensors", "HEADER_INVALID", "load",
+         "a value target's data_offsets are written as floats (6144.0), right in value",
+         edit_header(signed, float_offsets)),
+        ("duplicate-metadata-key.perfusion.safetensors", "DUPLICATE_NAME", "load",
+         "modelspec.author appears twice in __metadata__, with the same value",
+         join(repeated_author, buffer)),
+        ("title-c1-control.perfusion.safetensors", "INVALID_FIELD", "load",
+         "modelspec.title holds U+009B, a C1 control character",
+         edit_metadata(plain, modelspec__title="Test\u009bteddy")),
+        ("training-nan.perfusion.safetensors", "INVALID_FIELD", "load",
+         "perfusion.training holds the literal NaN",
+         edit_metadata(plain, perfusion__training=training + ',"loss":NaN}')),
+        ("training-duplicate-member.perfusion.safetensors", "INVALID_FIELD", "load",
+         "perfusion.training names steps twice, with the same value",
+         edit_metadata(plain, perfusion__training=training + ',"steps":400}')),
+        ("training-lone-surrogate.perfusion.safetensors", "INVALID_FIELD", "load",
+         "perfusion.training holds the lone surrogate escape \\udc00",
+         edit_metadata(plain, perfusion__training=training + ',"note":"\\udc00"}')),
+        ("signature-duplicate-member.perfusion.safetensors", "SIGNATURE_MALFORMED", "load",
+         "the signature entry names key_id twice, with the same (right) value",
+         edit_metadata(signed, perfusion__signatures=repeated_key_id)),
+        ("key-target-outside-table.perfusion.safetensors", "UNEXPECTED_TENSOR", "load",
+         "explicit key targets for every layer, plus one for a layer not in the sd-1 table",
+         rebuild(unsigned, key_targets(extra=outside, drop=None))),
+        ("key-targets-incomplete.perfusion.safetensors", "KEY_TARGETS", "load",
+         "explicit key targets for every layer of the sd-1 table but the first",
+         rebuild(unsigned, key_targets(extra=None, drop=unsigned.layers[0][0]))),
         ("unsigned.perfusion.safetensors", "NOT_SIGNED", "verify",
          "a valid file with no signature", plain),
         ("other-signer.perfusion.safetensors", "SIGNER_MISSING", "verify",
