@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perfusion_format as pf
-from perfusion_format.container import parse_container
+from perfusion_format.container import RawTensor, parse_container
 
 SIGNED = (VECTORS / "sd1-fp16.perfusion.safetensors").read_bytes()
 TEST_KEY = pf.load_public_key(VECTORS / "test-key.pem.pub")
@@ -439,3 +439,69 @@ def test_custom_key_targets_follow_the_value_targets(make_concept: ConceptFactor
     with pytest.raises(pf.FormatError) as raised:
         make_concept(**custom, key_targets=_key_targets(layers[:1]))
     assert raised.value.code == "KEY_TARGETS"
+
+
+# -- the new invalid vectors each break exactly one rule -------------------------------------------
+
+
+def _lenient(data: bytes, change: Callable[[Header], None]) -> bytes:
+    header, buffer = split(data)
+    change(header)
+    return join(json.dumps(header, separators=(",", ":")), buffer)
+
+
+def _restore(key: str) -> Callable[[bytes], bytes]:
+    """Put back PLAIN's value of one metadata key (the vector's only change)."""
+    original = split(PLAIN)[0]["__metadata__"][key]
+    return lambda data: _lenient(data, set_metadata(key, original))
+
+
+def _restore_offsets(data: bytes) -> bytes:
+    def change(header: Header) -> None:
+        for name, entry in header.items():
+            if name != "__metadata__":
+                entry["data_offsets"] = [int(offset) for offset in entry["data_offsets"]]
+
+    return _lenient(data, change)
+
+
+def _redump_signatures(data: bytes) -> bytes:
+    def change(header: Header) -> None:
+        listing = json.loads(header["__metadata__"]["perfusion.signatures"])
+        header["__metadata__"]["perfusion.signatures"] = json.dumps(listing)
+
+    return _lenient(data, change)
+
+
+def _key_targets_fixed(data: bytes) -> bytes:
+    container = parse_container(data)
+    tensors = {n: t for n, t in container.tensors.items() if n != f"key_target.{OUTSIDE}"}
+    for path, width in pf.get_family("sd-1").layers:
+        zeros = np.zeros(width, dtype="<f2")
+        tensors.setdefault(f"key_target.{path}", RawTensor("F16", (width,), zeros))
+    return pf.dumps(pf.Concept(metadata=container.metadata, tensors=tensors))
+
+
+REPAIRS: dict[str, Callable[[bytes], bytes]] = {
+    "header-leading-space": lambda data: _lenient(data, lambda header: None),
+    "header-lone-surrogate": _restore("modelspec.description"),
+    "offsets-not-integers": _restore_offsets,
+    "duplicate-metadata-key": lambda data: _lenient(data, lambda header: None),
+    "title-c1-control": _restore("modelspec.title"),
+    "training-nan": _restore("perfusion.training"),
+    "training-duplicate-member": lambda data: _lenient(data, training(json.dumps({"steps": 400}))),
+    "training-lone-surrogate": _restore("perfusion.training"),
+    "signature-duplicate-member": _redump_signatures,
+    "key-target-outside-table": _key_targets_fixed,
+    "key-targets-incomplete": _key_targets_fixed,
+}
+
+
+@pytest.mark.parametrize("stem", REPAIRS)
+def test_each_new_vector_loads_once_its_one_change_is_undone(stem: str) -> None:
+    path = VECTORS / "invalid" / f"{stem}.perfusion.safetensors"
+    data = path.read_bytes()
+    refused(data)
+    repaired = pf.loads(REPAIRS[stem](data))
+    if repaired.signatures:
+        pf.verify(repaired, [TEST_KEY])
