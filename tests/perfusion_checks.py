@@ -16,6 +16,36 @@ import perfusion_runtime as pr
 PROMPT = "a photo of a {} on a table"
 
 
+#: Float32 rounding steps (ε) by which two batchings of the same captions may move one element of
+#: a text encoding, relative to the largest |element| (seen on a 2-core AMD EPYC: under one; the
+#: rest is headroom for other CPU models).
+ENCODING_STEPS = 16
+
+
+def covariance_tolerance(
+    encodings: torch.Tensor | np.ndarray, stored_float32: bool = False
+) -> float:
+    """The absolute tolerance between two covariances C = mean_t e_t e_tᵀ of the same tokens
+    whose float32 encodings come from different batchings of the text encoder.
+
+    The text encoder is not batch-invariant on a CPU: 2 captions and 5 run matrix products of
+    other shapes, whose kernels (picked by the BLAS per shape and per CPU model) sum in another
+    order, and an encoding element moves by a few rounding steps of the largest element
+    s = max |e| (``encodings``: any encodings of those captions; padding included, which only
+    raises s). If every element is off by at most r·s, r = ``ENCODING_STEPS``·ε, every entry of
+    C is off by at most mean_t(|Δe_td|·|e_te| + |e_td|·|Δe_te|) ≤ 2·r·s². ``stored_float32``: both
+    sides were also rounded to float32 once, ≤ ε/2·|C| ≤ ε/2·s² each. With s ≈ 4 this is about
+    5e-5, while one token too many moves C by up to s²/N (N tokens); in test_covariance.py's
+    captions (N = 37) an extra padding token moves it by 0.05, a thousand times more.
+    """
+    if isinstance(encodings, torch.Tensor):
+        s = float(encodings.detach().abs().max())
+    else:
+        s = float(np.abs(encodings).max())
+    eps = float(np.finfo(np.float32).eps)
+    return (2 * ENCODING_STEPS + (1 if stored_float32 else 0)) * eps * s * s
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 

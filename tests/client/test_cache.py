@@ -160,8 +160,9 @@ _STORE = """
 import sys, time
 from pathlib import Path
 from pfx.cache import Cache
-root, digest, data_file, go = sys.argv[1:]
+root, digest, data_file, ready, go = sys.argv[1:]
 data = Path(data_file).read_bytes()
+Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.001)
 print(Cache(Path(root)).store(digest, data))
@@ -169,18 +170,33 @@ print(Cache(Path(root)).store(digest, data))
 
 
 def test_processes_storing_the_same_blob_at_once_all_succeed(cache: Cache, tmp_path: Path) -> None:
+    """Six processes store one blob at the same moment: each marks itself ready (imports done,
+    data read) and waits for ``go``, which is made once all six are ready, however slowly a busy
+    machine starts them (at most a minute)."""
     digest, data = BLOB
     data_file, go = tmp_path / "data", tmp_path / "go"
     data_file.write_bytes(data)
-    arguments = [sys.executable, "-c", _STORE, str(cache.root), digest, str(data_file), str(go)]
+    ready = [tmp_path / f"ready-{index}" for index in range(6)]
+    arguments = [sys.executable, "-c", _STORE, str(cache.root), digest, str(data_file)]
     processes = [
-        subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(6)
+        subprocess.Popen(
+            [*arguments, str(mark), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mark in ready
     ]
-    time.sleep(0.5)  # let every process start and wait
+    deadline = time.monotonic() + 60
+    while not all(mark.exists() for mark in ready) and time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            break  # one failed before it was ready: its output is asserted below
+        time.sleep(0.01)
+    started = [mark.exists() for mark in ready]
     go.touch()
     results = [process.communicate(timeout=60) for process in processes]
     assert [process.returncode for process in processes] == [0] * 6, results
+    assert all(started), results  # all six were waiting when go was made
     expected = _blob_path(cache, digest)
     assert {stdout.strip() for stdout, _ in results} == {str(expected)}
     assert expected.read_bytes() == data

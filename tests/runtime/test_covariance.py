@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 from concept_factory import build_concept
+from perfusion_checks import covariance_tolerance
 from tiny_pipelines import build_pipeline
 
 import perfusion_format as pf
@@ -42,11 +43,21 @@ def test_covariance_is_the_mean_outer_product_of_non_padding_encodings(
         outputs = pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].double().cpu()  # [B, T, d]
     mask = tokens.attention_mask.double()
     expected = torch.einsum("btd,bte,bt->de", outputs, outputs, mask) / mask.sum()
-    torch.testing.assert_close(covariance.matrix, expected, rtol=1e-10, atol=1e-12)
+    # The encodings here come from one batch of 5, the covariance's from batches of 2 (and of
+    # 32 below): float32 rounding apart, see covariance_tolerance.
+    tolerance = covariance_tolerance(outputs)
+    torch.testing.assert_close(covariance.matrix, expected, rtol=0, atol=tolerance)
     assert covariance.matrix.dtype == torch.float64
     assert (covariance.captions, covariance.tokens) == (len(CAPTIONS), int(mask.sum()))
     assert covariance.text_encoder is None
-    torch.testing.assert_close(pr.build_covariance(pipe, CAPTIONS), covariance.matrix)
+    torch.testing.assert_close(
+        pr.build_covariance(pipe, CAPTIONS), covariance.matrix, rtol=0, atol=tolerance
+    )
+    # the tolerance still sees one token too many (the first padding token of the last caption)
+    extra = mask.clone()
+    extra[-1, int(mask[-1].sum())] = 1
+    wrong = torch.einsum("btd,bte,bt->de", outputs, outputs, extra) / extra.sum()
+    assert float((wrong - expected).abs().max()) > 100 * tolerance
 
 
 def test_progress_reports_every_batch(pipe: Any) -> None:
