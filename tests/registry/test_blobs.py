@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from backends import S3Server, start_postgres, stop_postgres
 
-from pfx_registry.blobs import BlobStore, FolderBlobStore, S3BlobStore, check_digest
+from pfx_registry.blobs import UNAVAILABLE, BlobStore, FolderBlobStore, S3BlobStore, check_digest
 from pfx_registry.errors import BackendUnavailable
 
 SIZES = [0, 1, 256 * 1024 + 3, 4 * 1024 * 1024]
@@ -91,6 +96,72 @@ def test_digests_lists_exactly_what_was_put(blob_store: BlobStore) -> None:
 
 def test_check_answers(blob_store: BlobStore) -> None:
     blob_store.check()
+
+
+#: Runs a put that SIGKILLs its own process in the middle: the folder store's after its bytes are
+#: in the temp file (at the rename), the S3 store's as its PutObject is about to be sent.
+_KILLED_PUT = """
+import os, signal, sys
+from pfx_registry.blobs import FolderBlobStore, S3BlobStore
+
+def die(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+kind, where, digest = sys.argv[1:4]
+if kind == "folder":
+    store = FolderBlobStore(where)
+    os.replace = die
+else:
+    bucket, endpoint = where.split(" ")
+    store = S3BlobStore(bucket, endpoint_url=endpoint)
+    store._client.meta.events.register("before-send.s3.PutObject", die)
+store.put(digest, sys.stdin.buffer.read())
+"""
+
+
+def test_write_cut_off_by_kill_is_removed_after_the_grace_only(
+    blob_store: BlobStore, request: pytest.FixtureRequest
+) -> None:
+    """A process killed (SIGKILL) in the middle of a put leaves no blob. What it leaves behind —
+    the folder store's temp file; nothing on S3, whose put is one PutObject — is kept while it
+    could be a write in flight, and removed (and reported) once older than the grace."""
+    kept, kept_data = blob(10, seed=1)
+    blob_store.put(kept, kept_data)
+    digest, data = blob(256 * 1024 + 3, seed=2)
+    if isinstance(blob_store, FolderBlobStore):
+        where = ["folder", str(blob_store.root)]
+    else:
+        assert isinstance(blob_store, S3BlobStore)
+        server: S3Server = request.getfixturevalue("s3_server")
+        where = ["s3", f"{blob_store.bucket} {server.url}"]
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_PUT, *where, digest], input=data, check=False, timeout=60
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert blob_store.size(digest) is None
+
+    grace_start = datetime.now(UTC) - timedelta(hours=1)
+    assert blob_store.remove_stale_uploads(grace_start) == []  # young: maybe a write in flight
+    if isinstance(blob_store, FolderBlobStore):
+        (leftover,) = (blob_store.root / "uploads").iterdir()
+        assert leftover.read_bytes() == data
+        two_hours_ago = time.time() - 2 * 3600
+        os.utime(leftover, (two_hours_ago, two_hours_ago))
+        stale = [leftover.name]
+    else:
+        uploads = server.client().list_multipart_uploads(Bucket=blob_store.bucket)
+        assert uploads.get("Uploads", []) == []
+        stale = []
+    assert blob_store.remove_stale_uploads(grace_start, dry_run=True) == stale
+    if isinstance(blob_store, FolderBlobStore):
+        assert leftover.exists()
+    assert blob_store.remove_stale_uploads(grace_start) == stale
+    if isinstance(blob_store, FolderBlobStore):
+        assert list((blob_store.root / "uploads").iterdir()) == []
+    assert list(blob_store.digests()) == [kept]
+    assert blob_store.read(kept) == kept_data
+    blob_store.put(digest, data)
+    assert blob_store.read(digest) == data
 
 
 def test_check_digest() -> None:
@@ -202,6 +273,35 @@ def test_folder_put_that_fails_leaves_nothing(
     assert store.read(digest) == data
 
 
+def test_folder_stale_upload_removal_spares_writes_in_flight(tmp_path: Path) -> None:
+    """Removing stale uploads while puts run neither fails nor breaks any of them (their temp
+    files are young, or renamed into place under the listing)."""
+    store = FolderBlobStore(tmp_path)
+    payloads = [blob(64 * 1024, seed=seed) for seed in range(200)]
+    grace_start = datetime.now(UTC) - timedelta(minutes=1)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        puts = [pool.submit(store.put, digest, data) for digest, data in payloads]
+        while not all(put.done() for put in puts):
+            assert store.remove_stale_uploads(grace_start) == []
+        for put in puts:
+            put.result()
+    assert all(store.read(digest) == data for digest, data in payloads)
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_folder_unwritable_is_unavailable_without_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error says only that the blob store is unavailable; the folder is in the log."""
+    store = FolderBlobStore(tmp_path)
+    monkeypatch.setattr(os, "access", lambda *_args, **_kwargs: False)
+    caplog.set_level(logging.WARNING, logger="pfx_registry")
+    with pytest.raises(BackendUnavailable) as raised:
+        store.check()
+    assert str(raised.value) == UNAVAILABLE
+    assert str(tmp_path) in caplog.text
+
+
 # --- the S3 backend ---------------------------------------------------------------------------
 
 
@@ -243,9 +343,10 @@ def test_s3_missing_bucket_is_unavailable_not_missing_blob(s3_server: S3Server) 
         list(store.digests())
 
 
-def test_s3_outage_and_recovery(s3_server: S3Server) -> None:
-    """With the server down every S3 call fails fast with BackendUnavailable; once it is back,
-    the same store works again."""
+def test_s3_outage_and_recovery(s3_server: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    """With the server down every S3 call fails fast with BackendUnavailable, whose message names
+    neither the endpoint nor the bucket (the log does); once it is back, the same store works
+    again."""
     bucket = s3_server.create_bucket()
     store = S3BlobStore(bucket, endpoint_url=s3_server.url)
     digest, data = blob(100)
@@ -258,13 +359,17 @@ def test_s3_outage_and_recovery(s3_server: S3Server) -> None:
         "delete": lambda: store.delete(digest),
         "digests": lambda: list(store.digests()),
     }
+    caplog.set_level(logging.WARNING, logger="pfx_registry")
     s3_server.stop()
     try:
         for name, call in calls.items():
+            caplog.clear()
             started = time.monotonic()
-            with pytest.raises(BackendUnavailable):
+            with pytest.raises(BackendUnavailable) as raised:
                 call()
             assert time.monotonic() - started < 5, f"{name} took too long to give up"
+            assert str(raised.value) == UNAVAILABLE, name
+            assert f"127.0.0.1:{s3_server.port}" in caplog.text and bucket in caplog.text, name
     finally:
         s3_server.start()
     s3_server.create_bucket(bucket)  # a restarted moto server is empty

@@ -6,6 +6,7 @@ half-written version: every version is whole, and none points at a blob that was
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 from test_api import World, concept_bytes, migrate_and_add_administrator, world  # noqa: F401  (world: the backends fixture)
 
 from pfx_registry.app import create_app
+from pfx_registry.blobs import UNAVAILABLE
 from pfx_registry.db import blobs, repositories, tags, versions
 from pfx_registry.settings import Settings
 
@@ -122,6 +124,55 @@ def test_s3_outage(world: World, s3_server: S3Server) -> None:
         assert got.content == uploaded
     assert world.push(alice, "alice/c:3", refused).status_code == 201
     assert client.get("/v1/concepts/alice/c/versions/3/file", headers=auth).content == refused
+
+
+@pytest.mark.parametrize("world", ["s3+sqlite", "folder+sqlite"], indirect=True)
+def test_blob_store_outage_reveals_nothing_internal(
+    world: World,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 503 from a blob store that is down tells anonymous callers and users only that the blob
+    store is unavailable — no endpoint, bucket, key or folder; the cause is logged as a warning
+    on the ``pfx_registry`` logger for the operator."""
+    client = _client(world)
+    alice = world.user("alice")
+    data = concept_bytes(35)
+    assert world.push(alice, "alice/c:1", data, private=False).status_code == 201
+    refused = concept_bytes(36)
+    s3_server: S3Server | None = None
+    if world.settings.s3_bucket is not None:
+        s3_server = request.getfixturevalue("s3_server")
+        internal = [f"127.0.0.1:{s3_server.port}", world.settings.s3_bucket]
+        requests = [
+            ("GET", "/readyz", {}),
+            ("GET", "/v1/concepts/alice/c/versions/1/file", {}),
+            ("GET", f"/v1/blobs/{_digest(data)}", {}),
+            (
+                "PUT",
+                f"/v1/blobs/{_digest(refused)}",
+                {"content": refused, "headers": world.auth(alice)},
+            ),
+        ]
+        s3_server.stop()
+    else:  # the folder cannot be written (as to a full or read-only volume)
+        internal = [str(world.settings.data_dir)]
+        requests = [("GET", "/readyz", {})]
+        monkeypatch.setattr(os, "access", lambda *_args, **_kwargs: False)
+    caplog.set_level(logging.WARNING, logger="pfx_registry")
+    try:
+        for method, url, kwargs in requests:
+            caplog.clear()
+            response = _timed(client, method, url, **kwargs)
+            _unavailable(response, f"{method} {url}")
+            assert response.json()["error"]["message"] == UNAVAILABLE, response.text
+            assert not [part for part in internal if part in response.text], response.text
+            assert all(part in caplog.text for part in internal), caplog.text
+    finally:
+        if s3_server is not None:
+            s3_server.start()
+            s3_server.create_bucket(world.settings.s3_bucket)
 
 
 def test_blob_lost_by_the_store(world: World) -> None:

@@ -4,6 +4,11 @@ Two backends implement :class:`BlobStore`: a local folder (the embedded default)
 S3-compatible service through boto3 (AWS S3, MinIO, Ceph RGW, R2). Callers verify a blob's digest
 *before* :meth:`BlobStore.put`; a put is atomic (a temp file renamed into place, or one S3
 PutObject), so a blob is either absent or whole — a crashed upload leaves nothing visible.
+A crash or ``kill -9`` in the middle of a folder write does leave its temp file in ``uploads/``;
+:meth:`BlobStore.remove_stale_uploads` (run by ``pfx-registry gc``) removes those.
+
+Errors for clients say only :data:`UNAVAILABLE`: what went wrong (an endpoint URL, a bucket, a
+path) is for the operator, and is logged as a warning on the ``pfx_registry`` logger.
 
 Folder layout::
 
@@ -15,19 +20,26 @@ S3 layout: ``<prefix>blobs/sha256/<64 hex>`` in one bucket.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Protocol
 
 from .errors import BackendUnavailable
 
-__all__ = ["BlobStore", "FolderBlobStore", "S3BlobStore", "check_digest"]
+__all__ = ["UNAVAILABLE", "BlobStore", "FolderBlobStore", "S3BlobStore", "check_digest"]
+
+#: The message of every :class:`BackendUnavailable` a blob store raises (it reaches anonymous
+#: clients as a 503, so it names no endpoint, bucket, key or path).
+UNAVAILABLE = "the blob store is unavailable"
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+logger = logging.getLogger("pfx_registry")
 
 
 def check_digest(digest: str) -> str:
@@ -36,6 +48,13 @@ def check_digest(digest: str) -> str:
     if match is None:
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return match.group(1)
+
+
+def _unavailable(cause: str) -> BackendUnavailable:
+    """Log ``cause`` (with whatever internal detail it holds) for the operator and return the
+    generic error to raise for the client."""
+    logger.warning("%s: %s", UNAVAILABLE, cause)
+    return BackendUnavailable(UNAVAILABLE)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -76,6 +95,11 @@ class BlobStore(Protocol):
 
     def presigned_url(self, digest: str, expires: int) -> str | None:
         """A short-lived URL a client can download from directly, or None (folder backend)."""
+
+    def remove_stale_uploads(self, before: datetime, dry_run: bool = False) -> list[str]:
+        """Remove what writes cut off by a crash left behind, when last written before
+        ``before`` (a write in progress is never older than a grace period); return the names of
+        what was removed (with ``dry_run``, of what would be, leaving it in place)."""
 
     def check(self) -> None:
         """Raise :class:`BackendUnavailable` unless the store answers."""
@@ -139,9 +163,24 @@ class FolderBlobStore:
         check_digest(digest)
         return None
 
+    def remove_stale_uploads(self, before: datetime, dry_run: bool = False) -> list[str]:
+        """Remove temp files in ``uploads/`` last modified before ``before``: writes that a crash
+        or ``kill -9`` cut off between creating the file and renaming it into ``blobs/``."""
+        removed = []
+        for path in sorted(self._uploads.iterdir()):
+            try:
+                status = path.lstat()
+            except FileNotFoundError:  # renamed into place (or removed) since the listing
+                continue
+            if S_ISREG(status.st_mode) and datetime.fromtimestamp(status.st_mtime, UTC) < before:
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
     def check(self) -> None:
         if not os.access(self._blobs, os.W_OK):
-            raise BackendUnavailable(f"{self._blobs} is not writable")
+            raise _unavailable(f"{self._blobs} is not writable")
 
 
 class S3BlobStore:
@@ -179,9 +218,9 @@ class S3BlobStore:
             code = error.response.get("Error", {}).get("Code")
             if "Key" in kwargs and code in ("404", "NoSuchKey"):
                 raise FileNotFoundError(kwargs["Key"]) from error
-            raise BackendUnavailable(f"S3 {method} (bucket {self.bucket!r}): {error}") from error
+            raise _unavailable(f"S3 {method} (bucket {self.bucket!r}): {error}") from error
         except BotoCoreError as error:
-            raise BackendUnavailable(f"S3 {method}: {error}") from error
+            raise _unavailable(f"S3 {method} (bucket {self.bucket!r}): {error}") from error
 
     def size(self, digest: str) -> int | None:
         try:
@@ -199,7 +238,7 @@ class S3BlobStore:
         try:
             return body.read()
         except BotoCoreError as error:  # the connection broke off, or too few bytes came
-            raise BackendUnavailable(f"S3 get_object body: {error}") from error
+            raise _unavailable(f"S3 get_object body (bucket {self.bucket!r}): {error}") from error
         finally:
             body.close()
 
@@ -235,7 +274,12 @@ class S3BlobStore:
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
             )
         except BotoCoreError as error:  # e.g. no credentials to sign with
-            raise BackendUnavailable(f"S3 presign: {error}") from error
+            raise _unavailable(f"S3 presign (bucket {self.bucket!r}): {error}") from error
+
+    def remove_stale_uploads(self, before: datetime, dry_run: bool = False) -> list[str]:
+        """Nothing to remove: a put is one PutObject, which S3 applies whole or not at all, so a
+        cut-off write leaves neither an object nor a multipart upload behind."""
+        return []
 
     def check(self) -> None:
         self._call("head_bucket")

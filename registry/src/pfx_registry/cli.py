@@ -100,7 +100,8 @@ def create_admin_token(arguments: argparse.Namespace) -> int:
 
 
 def collect(arguments: argparse.Namespace) -> int:
-    """Delete blobs that no version has referenced for the grace period."""
+    """Delete blobs that no version has referenced, and temp files of cut-off uploads, for the
+    grace period."""
     report = collect_garbage(
         open_registry(_settings(arguments)),
         timedelta(hours=arguments.grace_hours),
@@ -108,9 +109,11 @@ def collect(arguments: argparse.Namespace) -> int:
     )
     verb = "would delete" if arguments.dry_run else "deleted"
     counts = f"{len(report.unreferenced)} unreferenced and {len(report.unindexed)} unindexed"
-    print(f"{verb} {counts} blobs")
+    print(f"{verb} {counts} blobs, and {len(report.stale_uploads)} stale uploads")
     for digest in (*report.unreferenced, *report.unindexed):
         print(f"  {digest}")
+    for name in report.stale_uploads:
+        print(f"  uploads/{name}")
     return 0
 
 
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--days", type=int, default=0, help="expire after N days (default never)")
     token.set_defaults(handler=create_admin_token)
 
-    gc = commands.add_parser("gc", help="delete blobs no version references (after a grace period)")
+    gc = commands.add_parser(
+        "gc", help="delete unreferenced blobs and cut-off uploads (after a grace period)"
+    )
     gc.add_argument("--data", default=None, help=data_help)
     gc.add_argument("--grace-hours", type=float, default=24.0, help="default 24")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

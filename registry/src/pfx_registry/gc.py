@@ -1,10 +1,13 @@
 """Garbage collection: blobs that no version references, once they have been so for a grace
-period — what deleted repositories and crashed or abandoned pushes leave behind.
+period — what deleted repositories and crashed or abandoned pushes leave behind — and the temp
+files of blob writes that a crash or ``kill -9`` cut off.
 
 Index first, store second: a blob row is deleted (only while still unreferenced) before its bytes,
 so the index never names a blob that is gone. Bytes with no index row at all (a push that crashed
 between storing and indexing) are deleted once older than the grace period, which also protects
-an upload in flight.
+an upload in flight. The same grace applies to the temp files in the folder store's ``uploads/``
+(:meth:`~pfx_registry.blobs.BlobStore.remove_stale_uploads`), so a write in progress is never
+touched; an S3 store has none (a put is one PutObject).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ class CollectionReport:
 
     unreferenced: tuple[str, ...]
     unindexed: tuple[str, ...]
+    #: Names of temp files of cut-off writes (in the folder store's ``uploads/``).
+    stale_uploads: tuple[str, ...]
 
 
 def collect_garbage(
     registry: Registry, grace: timedelta = timedelta(hours=24), dry_run: bool = False
 ) -> CollectionReport:
-    """Remove blobs unreferenced for longer than ``grace``; return what was removed."""
+    """Remove blobs unreferenced, and temp files of writes cut off, longer than ``grace`` ago;
+    return what was removed."""
     cutoff = utcnow() - grace
     unreferenced_query = select(blobs.c.digest).where(
         ~exists().where(versions.c.digest == blobs.c.digest),
@@ -71,7 +77,8 @@ def collect_garbage(
             if not dry_run:
                 registry.blobs.delete(digest)
             stray.append(digest)
-    return CollectionReport(tuple(removed), tuple(stray))
+    uploads = registry.blobs.remove_stale_uploads(cutoff, dry_run=dry_run)
+    return CollectionReport(tuple(removed), tuple(stray), tuple(uploads))
 
 
 def _as_utc(moment: datetime) -> datetime:
