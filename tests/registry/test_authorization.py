@@ -23,7 +23,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -238,8 +237,8 @@ def _build(world: World) -> Matrix:
     _check(other_org, 201, "org globex")
     revoked_id, tokens["revoked"] = _token(world, olga)
     _check(world.client.delete(f"/v1/tokens/{revoked_id}", headers=world.auth(olga)), 204, "rev")
-    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    tokens["expired"] = _token(world, olga, expires_at=past)[1]
+    tokens["expired"] = _token(world, olga)[1]
+    world.expire(tokens["expired"])
 
     digests = {"public": world.upload(concept_bytes(101), olga)}
     digests["private"] = world.upload(concept_bytes(102), olga)

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the registry's own OpenAPI document with Schemathesis (4.x): every
 operation, requests that fit the schema and requests that do not, sent in-process (ASGI) to a
-registry on a folder and SQLite. Whatever a client sends, the answer is never a 5xx.
+registry on a folder with SQLite and on a folder with PostgreSQL. Whatever a client sends, the
+answer is never a 5xx.
 
 Each operation gets a bounded number of examples without shrinking (to keep the run short); all
 failures are collected and reported together with a curl command that reproduces each one.
@@ -11,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from backends import fresh_postgres_database
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -77,12 +80,18 @@ class ServerErrors:
                 await send({"type": "http.response.body", "body": b"Internal Server Error"})
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerErrors, str]:
-    """A registry on a folder and SQLite with an administrator's token and one published public
-    concept (root/teddy:1), wrapped in :class:`ServerErrors`."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ServerErrors, str]:
+    """A registry on a folder and SQLite or PostgreSQL with an administrator's token and one
+    published public concept (root/teddy:1), wrapped in :class:`ServerErrors`."""
     data: Path = tmp_path_factory.mktemp("schemathesis")
-    app = create_app(Settings(data_dir=data, rate_limit_token=0, rate_limit_address=0))
+    settings = Settings(data_dir=data, rate_limit_token=0, rate_limit_address=0)
+    if request.param == "postgres":
+        database = fresh_postgres_database(request.getfixturevalue("postgres_url"))
+        settings = replace(settings, database_url=database)
+    app = create_app(settings)
     engine = app.state.registry.engine
     admin = migrate_and_add_administrator(engine)
     with TestClient(app) as client:

@@ -72,7 +72,7 @@ def test_relevance_filters_and_sorts(world: World) -> None:
     assert _names(world, sort="recent") == ["dog", "cat", "teapot", "old-bear", "teddy"]
     assert world.client.get("/v1/search", params={"sort": "best"}).status_code == 400
     bad = world.client.get("/v1/search", params={"cursor": "garbage"})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "BAD_REQUEST"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_CURSOR"
 
 
 @pytest.mark.parametrize("world", ["folder+sqlite", "folder+postgres"], indirect=True)

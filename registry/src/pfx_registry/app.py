@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -49,9 +51,11 @@ _STATUS_CODES = {
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The registry's one error shape."""
+    """The registry's one error shape. The message may echo what a client sent: characters that
+    UTF-8 cannot carry (lone surrogates) are written as escapes, so every error can be sent."""
+    printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
-        {"error": {"code": str(code), "message": message}}, status_code=status, headers=headers
+        {"error": {"code": str(code), "message": printable}}, status_code=status, headers=headers
     )
 
 
@@ -72,6 +76,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def index_unavailable(_request: Request, error: OperationalError) -> JSONResponse:
         message = f"the index is unavailable ({type(error.orig).__name__})"
         return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+
+    @app.exception_handler(DataError)
+    async def data_refused(_request: Request, error: DataError) -> JSONResponse:
+        # Inputs are checked before SQL; should one still be refused by the database (a value
+        # out of its range), it is the client's value, never a server error.
+        logger.warning("the index refused a value: %s", type(error.orig).__name__)
+        return error_response(400, Code.BAD_REQUEST, "a value is out of range or malformed")
 
     @app.exception_handler(PoolTimeout)
     async def index_busy(_request: Request, _error: PoolTimeout) -> JSONResponse:
@@ -144,10 +155,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         """Liveness: the process answers."""
         return {"status": "ok"}
 
+    readiness = _Readiness(registry)
+
     @app.get("/readyz")
-    def ready() -> dict[str, Any]:
-        """Readiness: the index and the blob store both answer (503 otherwise)."""
-        return check_ready(registry)
+    async def ready() -> dict[str, Any]:
+        """Readiness: the index and the blob store both answer within READY_DEADLINE seconds
+        (503 otherwise)."""
+        return await readiness.check()
 
     return app
 
@@ -165,6 +179,53 @@ def _flush_downloads(registry: Registry) -> None:
         registry.downloads.flush(registry.engine)
     except (OperationalError, PoolTimeout) as error:
         logger.warning("download counts not written yet: %s", type(error).__name__)
+
+
+#: Seconds /readyz waits for its checks before it answers 503 (the spec promises an answer within
+#: 2 s, whatever the backends do).
+READY_DEADLINE = 1.5
+
+
+class _Readiness:
+    """Runs :func:`check_ready` on a thread of its own, one check at a time: a probe waits at most
+    READY_DEADLINE seconds for the check in flight, started by it or by an earlier probe. A check
+    that outlives its probes' deadlines (an index that does not answer) is left to end by the
+    index's own timeouts and is reused meanwhile, so a hung backend holds one thread, not one per
+    probe."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._current: Future[dict[str, Any]] | None = None
+
+    async def check(self) -> dict[str, Any]:
+        """The result of the check in flight or of a new one; BackendUnavailable past the
+        deadline."""
+        with self._lock:
+            if self._current is None or self._current.done():
+                self._current = Future()
+                threading.Thread(
+                    target=self._run, args=(self._current,), name="pfx-readyz", daemon=True
+                ).start()
+            current = self._current
+        waiter = asyncio.wrap_future(current)
+        try:
+            done, _pending = await asyncio.wait({waiter}, timeout=READY_DEADLINE)
+        finally:
+            waiter.cancel()  # ends this probe's wait; a check already running is not cancelled
+        if not done:
+            raise BackendUnavailable(
+                f"the index or the blob store did not answer within {READY_DEADLINE} s"
+            )
+        return waiter.result()
+
+    def _run(self, future: Future[dict[str, Any]]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # its only probe left before it started
+        try:
+            future.set_result(check_ready(self._registry))
+        except BaseException as error:  # handed to the waiting probes
+            future.set_exception(error)
 
 
 def check_ready(registry: Registry) -> dict[str, Any]:

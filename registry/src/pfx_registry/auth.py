@@ -96,11 +96,8 @@ def authenticate(connection: Connection, authorization: str | None) -> Caller:
 
 
 def _expired(expires_at: datetime | None) -> bool:
-    if expires_at is None:
-        return False
-    if expires_at.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-        return expires_at <= utcnow().replace(tzinfo=None)
-    return expires_at <= utcnow()
+    # timezone-aware on every database (db.UTCDateTime)
+    return expires_at is not None and expires_at <= utcnow()
 
 
 def role_in(connection: Connection, caller: Caller, namespace_id: int) -> str | None:

@@ -32,6 +32,7 @@ class Code(StrEnum):
     UNSUPPORTED_MEDIA = "UNSUPPORTED_MEDIA"
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
+    INVALID_CURSOR = "INVALID_CURSOR"
 
 
 class RegistryError(Exception):
@@ -54,3 +55,9 @@ def not_found(what: str) -> RegistryError:
 
 class BackendUnavailable(Exception):
     """The blob store or the database cannot be reached (answered as 503 UNAVAILABLE)."""
+
+
+class TransactionConflict(BackendUnavailable):
+    """The database aborted a transaction for a deadlock or a serialization failure, or a row it
+    needed was created and deleted under it: running it again is safe, and
+    :func:`pfx_registry.state.run_write` does (a conflict that outlasts every attempt is a 503)."""

@@ -13,8 +13,10 @@ word of the repository's name, 2 of the token, superclass, title or labels, 1 of
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,8 @@ __all__ = ["SORTS", "SearchQuery", "normalise", "refresh", "remove", "run"]
 SORTS = ("relevance", "downloads", "recent")
 #: Longer words are cut to this many characters, in documents and queries alike.
 MAX_WORD = 64
+#: Words of a query that count (the rest are ignored).
+MAX_QUERY_WORDS = 16
 
 documents = Table(
     "search_documents",
@@ -183,9 +187,9 @@ def _score(words: list[str]) -> ColumnElement[Any]:
         return literal(0)
     terms = [
         case(
-            (_padded(documents.c.name_words).contains(f" {word} "), 3),
-            (_padded(documents.c.key_words).contains(f" {word} "), 2),
-            (_padded(documents.c.text_words).contains(f" {word} "), 1),
+            (_padded(documents.c.name_words).contains(f" {word} ", autoescape=True), 3),
+            (_padded(documents.c.key_words).contains(f" {word} ", autoescape=True), 2),
+            (_padded(documents.c.text_words).contains(f" {word} ", autoescape=True), 1),
             else_=0,
         )
         for word in words
@@ -208,20 +212,65 @@ def _full_text(connection: Connection, words: list[str]) -> ColumnElement[bool]:
     return vector.op("@@")(func.plainto_tsquery(simple, " ".join(words)))
 
 
-def _decode_cursor(cursor: str, sort: str) -> tuple[int, int]:
+#: A cursor's keys are 63-bit integers (the index's BIGINT keys); anything else is not a cursor.
+_MAX_KEY = 2**63 - 1
+#: The grammar of each filter but the superclass (a word or words of the file's metadata, checked
+#: as printable text): a family, a namespace name, a signer's key id.
+_FILTERS = {
+    "family": re.compile(r"[a-z0-9][a-z0-9._-]{0,15}"),
+    "namespace": re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"),
+    "signer": re.compile(r"ed25519:[0-9a-f]{32}"),
+}
+
+
+def _query_binding(query: SearchQuery, words: list[str]) -> str:
+    """What a cursor is bound to: the words, filters and order of the search that made it (a
+    short digest, so a cursor stays short however long the query)."""
+    parts = [query.sort, " ".join(words), query.family, query.namespace, query.superclass]
+    raw = json.dumps([*parts, query.signer], separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _invalid_cursor() -> RegistryError:
+    return RegistryError(400, Code.INVALID_CURSOR, "invalid cursor for this search")
+
+
+def _decode_cursor(cursor: str, binding: str) -> tuple[int, int]:
+    """The (sort key, repository id) a cursor carries, when it was made by this very search;
+    400 INVALID_CURSOR for anything else (bad base64 or JSON, other types, out of range, made by
+    another search)."""
     try:
-        value = json.loads(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
-        kind, key, last_id = value
-        if kind != sort or not isinstance(key, int) or not isinstance(last_id, int):
-            raise ValueError
-        return key, last_id
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise RegistryError(400, Code.BAD_REQUEST, "invalid cursor for this search") from None
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=="))
+    except (ValueError, UnicodeError):
+        raise _invalid_cursor() from None
+    if not (isinstance(value, list) and len(value) == 3 and value[0] == binding):
+        raise _invalid_cursor()
+    key, last_id = value[1], value[2]
+    for number in (key, last_id):
+        # bool is an int in Python, and JSON's true would compare as 1: refuse it
+        if type(number) is not int or not 0 <= number <= _MAX_KEY:
+            raise _invalid_cursor()
+    return key, last_id
 
 
-def _encode_cursor(sort: str, key: int, last_id: int) -> str:
-    raw = json.dumps([sort, key, last_id], separators=(",", ":")).encode()
+def _encode_cursor(binding: str, key: int, last_id: int) -> str:
+    raw = json.dumps([binding, key, last_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _check_filters(query: SearchQuery) -> None:
+    """Refuse a filter that no concept can match (400 BAD_REQUEST) before any SQL is sent."""
+    for name, value in (
+        ("family", query.family),
+        ("namespace", query.namespace),
+        ("signer", query.signer),
+    ):
+        if value and not _FILTERS[name].fullmatch(value):
+            raise RegistryError(400, Code.BAD_REQUEST, f"invalid {name} filter {value!r}")
+    if query.superclass and any(
+        unicodedata.category(char) in ("Cc", "Cs") for char in query.superclass
+    ):
+        raise RegistryError(400, Code.BAD_REQUEST, "invalid superclass filter")
 
 
 def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, Any]:
@@ -229,7 +278,9 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
     and the cursor of the next page (None at the end)."""
     if query.sort not in SORTS:
         raise RegistryError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
-    words = list(dict.fromkeys(normalise(query.q).split()))[:16]
+    _check_filters(query)
+    words = list(dict.fromkeys(normalise(query.q).split()))[:MAX_QUERY_WORDS]
+    binding = _query_binding(query, words)
     one_word_keys = {"relevance": terms.c.weight, "recent": terms.c.version_id}
     if query.sort in one_word_keys and len(words) == 1 and len(words[0]) <= MAX_WORD:
         # one word: its postings, read in score or recency order from an index (see ``terms``)
@@ -270,9 +321,9 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
         if value:
             ranked = ranked.where(column == value)
     if query.signer:
-        ranked = ranked.where(documents.c.signers.contains(f" {query.signer} "))
+        ranked = ranked.where(documents.c.signers.contains(f" {query.signer} ", autoescape=True))
     if query.cursor:
-        last_key, last_id = _decode_cursor(query.cursor, query.sort)
+        last_key, last_id = _decode_cursor(query.cursor, binding)
         ranked = ranked.where(tuple_(key, ident) < tuple_(last_key, last_id))
     page_ids = ranked.order_by(key.desc(), ident.desc()).limit(query.limit + 1).subquery()
     rows = connection.execute(
@@ -302,7 +353,7 @@ def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, A
     next_cursor = None
     if len(rows) > query.limit:
         last = page[-1]
-        next_cursor = _encode_cursor(query.sort, int(last.sort_key), last.repository_id)
+        next_cursor = _encode_cursor(binding, int(last.sort_key), last.repository_id)
     return {
         "results": [
             {

@@ -3,22 +3,24 @@ dependencies that hand them to routes: a database transaction and the authentica
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, PendingRollbackError
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .auth import ANONYMOUS, Caller, authenticate, hash_token
 from .blobs import BlobStore, FolderBlobStore, S3BlobStore
 from .caching import BlobCache, ReadCache, watch_writes
-from .db import create_index_engine
+from .db import create_index_engine, writing
 from .downloads import DownloadCounter
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, TransactionConflict
 from .settings import Settings
 
 __all__ = [
@@ -29,8 +31,17 @@ __all__ = [
     "RegistryDep",
     "caller_of",
     "open_registry",
+    "run_write",
     "transaction",
 ]
+
+T = TypeVar("T")
+
+#: SQLSTATEs of a transaction that PostgreSQL aborted so that another could go on: a deadlock and
+#: a serialization failure. Running the transaction again is safe and is what the server does.
+_RETRYABLE = frozenset({"40P01", "40001"})
+#: Attempts of a write transaction before its conflict is answered as 503 (with Retry-After).
+WRITE_ATTEMPTS = 5
 
 
 @dataclass
@@ -39,6 +50,8 @@ class Registry:
 
     settings: Settings
     engine: Engine
+    #: the same engine, for transactions that write (see :func:`pfx_registry.db.writing`)
+    writer: Engine
     blobs: BlobStore
     reads: ReadCache
     blob_bytes: BlobCache
@@ -58,7 +71,13 @@ def open_registry(settings: Settings) -> Registry:
     reads = ReadCache(settings.read_cache_seconds)
     watch_writes(engine, reads)
     return Registry(
-        settings, engine, store, reads, BlobCache(settings.blob_cache_bytes), DownloadCounter()
+        settings,
+        engine,
+        writing(engine),
+        store,
+        reads,
+        BlobCache(settings.blob_cache_bytes),
+        DownloadCounter(),
     )
 
 
@@ -71,19 +90,43 @@ RegistryDep = Annotated[Registry, Depends(_registry)]
 
 
 @contextmanager
-def transaction(registry: Registry) -> Iterator[Connection]:
-    """A transaction on the index; backend failures become :class:`BackendUnavailable`."""
+def transaction(registry: Registry, *, write: bool = False) -> Iterator[Connection]:
+    """A transaction on the index; backend failures become :class:`BackendUnavailable`.
+
+    ``write`` marks a transaction that writes (on SQLite it takes the write lock when it begins).
+    """
     try:
-        with registry.engine.begin() as connection:
+        with (registry.writer if write else registry.engine).begin() as connection:
             yield connection
     except (OperationalError, PendingRollbackError) as error:
         # connection refused, server gone, database locked …; PendingRollbackError replaces the
         # error when the server cut the connection inside a savepoint and the rollback fails too
-        raise BackendUnavailable(
-            f"the index is unavailable ({type(getattr(error, 'orig', error)).__name__})"
-        ) from error
+        cause = getattr(error, "orig", error)
+        if isinstance(error, DBAPIError) and getattr(cause, "sqlstate", None) in _RETRYABLE:
+            raise TransactionConflict(
+                f"the index is busy ({type(cause).__name__}); retry"
+            ) from error
+        raise BackendUnavailable(f"the index is unavailable ({type(cause).__name__})") from error
     except PoolTimeout as error:
         raise BackendUnavailable("the index is busy: no connection became free") from error
+
+
+def run_write(registry: Registry, work: Callable[[Connection], T]) -> T:
+    """``work(connection)`` in one write transaction, committed when it returns and rolled back
+    when it raises. A transaction that the database aborted for a deadlock or a serialization
+    failure is run again (up to :data:`WRITE_ATTEMPTS` times, after a short random pause), so
+    such a conflict never reaches the client; ``work`` must therefore do nothing outside the
+    transaction that cannot be done twice."""
+    attempt = 1
+    while True:
+        try:
+            with transaction(registry, write=True) as connection:
+                return work(connection)
+        except TransactionConflict:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311 (jitter, not a secret)
+            attempt += 1
 
 
 def _connection(registry: RegistryDep) -> Iterator[Connection]:
