@@ -17,17 +17,20 @@ would clash with the root one's module name, which tests import as ``from confte
 
 While the S3 fixtures are alive the environment holds dummy AWS credentials and region (and no
 AWS config file or proxy for loopback), restored afterwards. Helpers are importable too:
-``from backends import S3Server, free_port, fresh_postgres_database, start_postgres,
+``from backends import S3Server, TcpProxy, free_port, fresh_postgres_database, start_postgres,
 stop_postgres, stop_process``.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,8 +62,6 @@ _AWS_CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_E
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -74,6 +75,75 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class TcpProxy:
+    """A TCP forwarder from a free loopback port (``port``) to ``target``, for network-failure
+    tests. ``blackhole()`` makes it a peer that accepts and never answers: it stops accepting and
+    moving bytes in either direction while every socket stays open, so the kernel still completes
+    handshakes (up to the backlog) and acknowledges what is sent; ``heal()`` resumes, delivering
+    what was held. ``close()`` ends every connection."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._forwarding = threading.Event()
+        self._forwarding.set()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    def blackhole(self) -> None:
+        """Stop accepting and forwarding; keep every socket open."""
+        self._forwarding.clear()
+
+    def heal(self) -> None:
+        """Accept and forward again."""
+        self._forwarding.set()
+
+    def close(self) -> None:
+        """Stop the forwarder and close every socket."""
+        self._closed.set()
+        self._forwarding.set()
+        self._thread.join(timeout=10)
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            if not self._forwarding.wait(0.05):
+                continue
+            for key, _events in self._selector.select(0.05):
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    self._pipe(key.fileobj, key.data)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        client, _address = self._listener.accept()
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        self._selector.register(client, selectors.EVENT_READ, upstream)
+        self._selector.register(upstream, selectors.EVENT_READ, client)
+
+    def _pipe(self, source: socket.socket, destination: socket.socket) -> None:
+        try:
+            data = source.recv(65536)
+            if data:
+                destination.sendall(data)
+                return
+        except OSError:
+            pass
+        for end in (source, destination):
+            self._selector.unregister(end)
+            end.close()
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
