@@ -28,10 +28,10 @@ from starlette.requests import ClientDisconnect
 
 import perfusion_format as pf
 
-from .errors import BackendUnavailable, Code, RegistryError
+from .api import router
+from .errors import ApiError, BackendUnavailable, Code
 from .migrate import upgrade
 from .observability import Metrics, RateLimit, RequestAccounting
-from .routes import router
 from .settings import Settings
 from .state import Registry, open_registry
 
@@ -60,8 +60,8 @@ def error_response(
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RegistryError)
-    async def registry_error(_request: Request, error: RegistryError) -> JSONResponse:
+    @app.exception_handler(ApiError)
+    async def registry_error(_request: Request, error: ApiError) -> JSONResponse:
         return error_response(error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(pf.FormatError)

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 
 from .db import accounts, memberships, tokens, utcnow
-from .errors import Code, RegistryError
+from .errors import ApiError, Code
 
 __all__ = [
     "ANONYMOUS",
@@ -62,8 +62,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _unauthorized(message: str) -> RegistryError:
-    return RegistryError(401, Code.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, Code.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
 
 
 def authenticate(connection: Connection, authorization: str | None) -> Caller:

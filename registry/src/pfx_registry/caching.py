@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, event
 from starlette.concurrency import run_in_threadpool
 
-from .errors import RegistryError
+from .errors import ApiError
 
 __all__ = ["BlobCache", "ReadCache", "watch_writes"]
 
@@ -43,9 +43,7 @@ class ReadCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self.generation = 0
-        self._entries: OrderedDict[Hashable, tuple[float, Any, RegistryError | None]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[Hashable, tuple[float, Any, ApiError | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def invalidate(self) -> None:
@@ -66,16 +64,14 @@ class ReadCache:
         generation = self.generation
         try:
             value = await run_in_threadpool(load)
-        except RegistryError as error:
+        except ApiError as error:
             if error.status == 404:
                 self._keep(key, generation, None, error)
             raise
         self._keep(key, generation, value, None)
         return value
 
-    def _keep(
-        self, key: Hashable, generation: int, value: Any, error: RegistryError | None
-    ) -> None:
+    def _keep(self, key: Hashable, generation: int, value: Any, error: ApiError | None) -> None:
         if self.ttl <= 0:
             return
         with self._lock:

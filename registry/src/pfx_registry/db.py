@@ -250,7 +250,7 @@ def writing(engine: Engine) -> Engine:
     """``engine`` for transactions that write. On SQLite they begin with ``BEGIN IMMEDIATE``,
     taking the write lock first, so that what they read stays true until they commit (a deferred
     transaction that read and then writes after another commit fails instead of waiting). On
-    PostgreSQL nothing changes: writers lock the rows they depend on (see service.py)."""
+    PostgreSQL nothing changes: writers lock the rows they depend on (see the service package)."""
     return engine.execution_options(**{WRITE: True})
 
 

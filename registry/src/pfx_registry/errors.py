@@ -1,6 +1,6 @@
 """The registry's errors: a stable code, an HTTP status and a one-line message.
 
-Every failure a client can cause is raised as :class:`RegistryError` and answered as
+Every failure a client can cause is raised as :class:`ApiError` and answered as
 ``{"error": {"code": ..., "message": ...}}`` with its status; concept files refused by
 :mod:`perfusion_format` keep the format's code (422). A backend that is down is 503. The codes are
 listed in spec/registry-api.md.
@@ -35,7 +35,7 @@ class Code(StrEnum):
     INVALID_CURSOR = "INVALID_CURSOR"
 
 
-class RegistryError(Exception):
+class ApiError(Exception):
     """A failure answered to the client with ``status`` and ``{"error": {code, message}}``."""
 
     def __init__(
@@ -48,9 +48,9 @@ class RegistryError(Exception):
         self.headers = headers or {}
 
 
-def not_found(what: str) -> RegistryError:
+def not_found(what: str) -> ApiError:
     """404 NOT_FOUND — also what a private thing answers to those who may not see it."""
-    return RegistryError(404, Code.NOT_FOUND, f"{what} not found")
+    return ApiError(404, Code.NOT_FOUND, f"{what} not found")
 
 
 class BackendUnavailable(Exception):

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from .db import accounts, concept_files, metadata, repositories, versions
-from .errors import Code, RegistryError
+from .errors import ApiError, Code
 
 __all__ = ["SORTS", "SearchQuery", "normalise", "refresh", "remove", "run"]
 
@@ -231,8 +231,8 @@ def _query_binding(query: SearchQuery, words: list[str]) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _invalid_cursor() -> RegistryError:
-    return RegistryError(400, Code.INVALID_CURSOR, "invalid cursor for this search")
+def _invalid_cursor() -> ApiError:
+    return ApiError(400, Code.INVALID_CURSOR, "invalid cursor for this search")
 
 
 def _decode_cursor(cursor: str, binding: str) -> tuple[int, int]:
@@ -266,18 +266,18 @@ def _check_filters(query: SearchQuery) -> None:
         ("signer", query.signer),
     ):
         if value and not _FILTERS[name].fullmatch(value):
-            raise RegistryError(400, Code.BAD_REQUEST, f"invalid {name} filter {value!r}")
+            raise ApiError(400, Code.BAD_REQUEST, f"invalid {name} filter {value!r}")
     if query.superclass and any(
         unicodedata.category(char) in ("Cc", "Cs") for char in query.superclass
     ):
-        raise RegistryError(400, Code.BAD_REQUEST, "invalid superclass filter")
+        raise ApiError(400, Code.BAD_REQUEST, "invalid superclass filter")
 
 
 def run(connection: Connection, query: SearchQuery, visible: Any) -> dict[str, Any]:
     """Search the repositories ``visible`` (a SQL condition) for ``query``; one page of results
     and the cursor of the next page (None at the end)."""
     if query.sort not in SORTS:
-        raise RegistryError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
+        raise ApiError(400, Code.BAD_REQUEST, f"sort must be one of {', '.join(SORTS)}")
     _check_filters(query)
     words = list(dict.fromkeys(normalise(query.q).split()))[:MAX_QUERY_WORDS]
     binding = _query_binding(query, words)
