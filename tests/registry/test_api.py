@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,10 +100,10 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         server = request.getfixturevalue("s3_server")
         bucket = "b" + uuid.uuid4().hex[:12]
         server.create_bucket(bucket)
-        settings = replace(settings, s3_bucket=bucket, s3_endpoint=server.endpoint)
+        settings = settings.model_copy(update={"s3_bucket": bucket, "s3_endpoint": server.endpoint})
     if index == "postgres":
         url = fresh_postgres_database(request.getfixturevalue("postgres_url"))
-        settings = replace(settings, database_url=url)
+        settings = settings.model_copy(update={"database_url": url})
     app = create_app(settings)
     engine = app.state.registry.engine
     admin = migrate_and_add_administrator(engine)
@@ -372,7 +372,7 @@ def test_s3_downloads_can_redirect_to_a_presigned_url(world: World) -> None:
     data = concept_bytes(40)
     world.push(alice, "alice/c:1", data)
     registry = world.client.app.state.registry
-    registry.settings = replace(registry.settings, s3_redirect=True)
+    registry.settings = registry.settings.model_copy(update={"s3_redirect": True})
     response = world.client.get(
         "/v1/concepts/alice/c/versions/1/file", headers=world.auth(alice), follow_redirects=False
     )

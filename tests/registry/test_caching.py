@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,7 +89,7 @@ def test_a_revoked_token_is_refused_at_once_by_the_process_that_revoked_it(
 
 def test_no_cache_means_every_read_sees_the_index(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "d", rate_limit_token=0, rate_limit_address=0)
-    uncached = replace(settings, read_cache_seconds=0)
+    uncached = settings.model_copy(update={"read_cache_seconds": 0})
     first, second = create_app(uncached), create_app(uncached)
     admin = migrate_and_add_administrator(first.state.registry.engine)
     with TestClient(first) as one_client, TestClient(second) as two_client:

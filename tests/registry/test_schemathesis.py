@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def registry(
     settings = Settings(data_dir=data, rate_limit_token=0, rate_limit_address=0)
     if request.param == "postgres":
         database = fresh_postgres_database(request.getfixturevalue("postgres_url"))
-        settings = replace(settings, database_url=database)
+        settings = settings.model_copy(update={"database_url": database})
     app = create_app(settings)
     engine = app.state.registry.engine
     admin = migrate_and_add_administrator(engine)

@@ -9,18 +9,26 @@ from datetime import timedelta
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlalchemy import insert, select
 
 from .auth import hash_token, new_token
 from .db import accounts, tokens, utcnow
 from .gc import collect_garbage
 from .migrate import upgrade
-from .settings import Settings
+from .settings import Settings, settings_error
 from .state import open_registry
 
 
+class ConfigurationError(Exception):
+    """A ``PFX_*`` variable holds an invalid value (the message names it)."""
+
+
 def _settings(arguments: argparse.Namespace) -> Settings:
-    return Settings.from_env(data_dir=arguments.data)
+    try:
+        return Settings.from_env(data_dir=arguments.data)
+    except ValidationError as error:
+        raise ConfigurationError(settings_error(error)) from None
 
 
 def serve(arguments: argparse.Namespace) -> int:
@@ -56,8 +64,8 @@ def serve(arguments: argparse.Namespace) -> int:
 
 
 def worker_app() -> FastAPI:
-    """The app of one ``serve --workers N`` process: settings from the environment, schema
-    already migrated by the parent."""
+    """The app of one ``serve --workers N`` process: settings from the environment (checked by
+    the parent before it started the workers), schema already migrated by the parent."""
     from .app import create_app
 
     return create_app(migrate=False)
@@ -159,4 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.set_defaults(handler=collect)
 
     arguments = parser.parse_args(argv)
-    sys.exit(arguments.handler(arguments))
+    try:
+        status = arguments.handler(arguments)
+    except ConfigurationError as error:
+        print(f"pfx-registry: error: {error}", file=sys.stderr)
+        status = 2
+    sys.exit(status)

@@ -1,46 +1,67 @@
-"""The registry's configuration, read once from the environment (``PFX_*``) or given in code.
+"""The registry's configuration: one class, read once from the environment (``PFX_*``) or given
+in code.
 
 Embedded defaults need no setup: blobs in ``<data>/blobs``, the index in ``<data>/index.db``
 (SQLite). ``PFX_S3_BUCKET`` (+ ``PFX_S3_ENDPOINT`` and the standard AWS credential chain) moves
-blobs to an S3-compatible service; ``PFX_DATABASE_URL`` moves the index to PostgreSQL.
+blobs to an S3-compatible service; ``PFX_DATABASE_URL`` moves the index to PostgreSQL. Values are
+parsed as pydantic parses them (booleans: ``1``/``true``/``yes``/``on`` and their opposites, any
+case); an invalid value stops the server at start with one line naming the variable
+(:func:`settings_error`). An empty variable counts as unset. spec/registry-api.md §7 lists every
+variable; a test holds that list to this class.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import perfusion_format as pf
 
-__all__ = ["Settings"]
+__all__ = ["ENV_PREFIX", "Settings", "settings_error"]
+
+ENV_PREFIX = "PFX_"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where the registry keeps things and the limits it enforces."""
+class Settings(BaseSettings):
+    """Where the registry keeps things and the limits it enforces (``PFX_<FIELD NAME>``)."""
 
-    data_dir: Path = field(default_factory=lambda: Path("data"))
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    #: Folder of the embedded stores: blobs in ``<dir>/blobs``, the SQLite index ``<dir>/index.db``.
+    data_dir: Path = Path("data")
+    #: The index in PostgreSQL (``postgresql+psycopg://…``) instead of SQLite.
     database_url: str | None = None
+    #: Blobs in this S3-compatible bucket instead of the data folder.
     s3_bucket: str | None = None
+    #: The S3 service's endpoint (MinIO, Ceph RGW, R2); AWS when unset.
     s3_endpoint: str | None = None
+    #: Prefix of every key in the bucket.
     s3_prefix: str = ""
-    #: Answer S3 downloads with a redirect to a presigned URL (instead of streaming them).
+    #: Answer S3 downloads with a 307 to a presigned URL (instead of streaming them).
     s3_redirect: bool = False
-    presign_seconds: int = 300
-    max_concept_bytes: int = pf.MAX_FILE_SIZE
-    max_preview_bytes: int = 1024 * 1024
-    max_json_bytes: int = 256 * 1024
-    #: Requests per second (bursts of 4×) allowed per API token and per anonymous client
-    #: address; 0 turns a limit off.
-    rate_limit_token: float = 100.0
-    rate_limit_address: float = 50.0
+    #: Seconds a presigned download URL stays valid.
+    presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    #: Largest concept file accepted (bytes).
+    max_concept_bytes: int = Field(default=pf.MAX_FILE_SIZE, ge=1, le=pf.MAX_FILE_SIZE)
+    #: Largest preview image accepted (bytes).
+    max_preview_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: Largest body of any other request (bytes).
+    max_json_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: Requests per second (bursts of 4×) allowed per API token; 0 turns the limit off.
+    rate_limit_token: float = Field(default=100.0, ge=0)
+    #: Requests per second (bursts of 4×) allowed per client address; 0 turns the limit off.
+    rate_limit_address: float = Field(default=50.0, ge=0)
     #: Seconds an answer to a read (a resolution, a caller's token) may be reused by this
     #: process; writes made here drop them at once, writes elsewhere are seen within this bound.
     #: 0 turns the read cache off.
-    read_cache_seconds: float = 1.0
+    read_cache_seconds: float = Field(default=1.0, ge=0)
     #: Bytes of blob content kept in memory for downloads (blobs never change); 0 keeps none.
-    blob_cache_bytes: int = 64 * 1024 * 1024
+    blob_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     @property
     def index_url(self) -> str:
@@ -49,17 +70,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
-        """Settings from ``PFX_*`` environment variables; ``data_dir`` overrides PFX_DATA_DIR."""
-        env = os.environ
-        return cls(
-            data_dir=Path(data_dir or env.get("PFX_DATA_DIR", "data")),
-            database_url=env.get("PFX_DATABASE_URL") or None,
-            s3_bucket=env.get("PFX_S3_BUCKET") or None,
-            s3_endpoint=env.get("PFX_S3_ENDPOINT") or None,
-            s3_prefix=env.get("PFX_S3_PREFIX", ""),
-            s3_redirect=env.get("PFX_S3_REDIRECT", "") in ("1", "true", "yes"),
-            rate_limit_token=float(env.get("PFX_RATE_LIMIT_TOKEN", cls.rate_limit_token)),
-            rate_limit_address=float(env.get("PFX_RATE_LIMIT_ADDRESS", cls.rate_limit_address)),
-            read_cache_seconds=float(env.get("PFX_READ_CACHE_SECONDS", cls.read_cache_seconds)),
-            blob_cache_bytes=int(env.get("PFX_BLOB_CACHE_BYTES", cls.blob_cache_bytes)),
-        )
+        """Settings from ``PFX_*`` environment variables; ``data_dir`` overrides PFX_DATA_DIR.
+        Raises pydantic's ValidationError for an invalid value (see :func:`settings_error`)."""
+        return cls(data_dir=Path(data_dir)) if data_dir is not None else cls()
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Each environment variable and the field it sets."""
+        return {ENV_PREFIX + name.upper(): name for name in cls.model_fields}
+
+
+def settings_error(error: ValidationError) -> str:
+    """One line naming the first invalid variable and why: ``PFX_RATE_LIMIT_TOKEN: Input should
+    be a valid number, unable to parse string as a number (got 'ten')``."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    value = first.get("input")
+    got = f" (got {value!r})" if isinstance(value, str) else ""
+    return f"{ENV_PREFIX}{field.upper()}: {first.get('msg', 'invalid')}{got}"
