@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import math
@@ -430,7 +429,7 @@ def push(
     client: httpx.Client, url: str, token: str, name: str, payload: bytes, version: str = "1.0"
 ) -> None:
     """Upload a concept file and publish it as a public version tagged latest."""
-    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    digest = pf.content_digest(payload)
     headers = {"Authorization": f"Bearer {token}"}
     client.put(f"{url}/v1/blobs/{digest}", content=payload, headers=headers).raise_for_status()
     client.put(
@@ -1012,7 +1011,7 @@ def populate_index(data: Path, count: int, seed: int = 7) -> dict[str, int]:
         for start in range(0, count, 10_000):
             blob_rows, fact_rows, repository_rows, version_rows = [], [], [], []
             for i in range(start, min(count, start + 10_000)):
-                digest = "sha256:" + hashlib.sha256(f"concept {i}".encode()).hexdigest()
+                digest = pf.content_digest(f"concept {i}".encode())
                 family = rng.choices(families, weights=(5, 2, 3))[0]
                 superclass = rng.choice(SUPERCLASSES)
                 text = rng.sample(words, rng.randint(6, 18))
@@ -1026,7 +1025,7 @@ def populate_index(data: Path, count: int, seed: int = 7) -> dict[str, int]:
                 fact_rows.append(
                     {
                         "digest": digest,
-                        "weights_digest": "sha256:" + hashlib.sha256(digest.encode()).hexdigest(),
+                        "weights_digest": pf.content_digest(digest.encode()),
                         "format_version": pf.FORMAT_VERSION,
                         "title": f"{rng.choice(words).title()} {superclass}",
                         "token": f"<{rng.choice(words)}{i % 997}>",

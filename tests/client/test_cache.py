@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ DAY = 24 * 3600
 def _blob(seed: int) -> tuple[str, bytes]:
     """A real concept file's bytes and their digest."""
     data = pf.dumps(build_concept(seed=seed))
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
+    return pf.content_digest(data), data
 
 
 BLOB = _blob(0)

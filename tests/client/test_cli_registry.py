@@ -9,7 +9,6 @@ stdin, exit codes and the absence of tracebacks as a user sees them.
 
 from __future__ import annotations
 
-import hashlib
 import stat
 import tomllib
 from pathlib import Path
@@ -365,7 +364,7 @@ def test_python_api_push_pull_and_client(
 
     path = pfx_api.pull(reference, allow_unsigned=True)
     assert path.is_relative_to(pfx_home.cache)
-    assert f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}" == pushed.digest
+    assert pf.content_digest(path.read_bytes()) == pushed.digest
     with pfx_api.Client() as client:  # $PFX_REGISTRY and $PFX_TOKEN
         assert client.url == registry_server.url
         assert client.whoami().name == alice.name

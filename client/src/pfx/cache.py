@@ -29,7 +29,6 @@ Rules the cache keeps:
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import stat
@@ -40,16 +39,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pfx.config import cache_dir, is_temporary, make_private_dirs, write_private_file
+from perfusion_format import (
+    check_digest,
+    content_digest,
+    file_digest,
+    is_digest,
+    is_name,
+    is_tag,
+    is_temporary,
+)
+from pfx.config import cache_dir, make_private_dirs, write_private_file
 from pfx.errors import ClientError, ErrorCode
-from pfx.reference import NAME_PATTERN, TAG_PATTERN
 
 __all__ = ["Cache", "CacheEntry", "PruneReport", "registry_slug", "split_repository"]
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_HEX = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(NAME_PATTERN)
-_REF = re.compile(TAG_PATTERN)
 _SLUG = re.compile(r"[a-z0-9_][a-z0-9._-]*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BLOBS = ("blobs", "sha256")
@@ -85,15 +88,15 @@ def registry_slug(registry: str) -> str:
 
 
 def _hex(digest: str) -> str:
-    match = _DIGEST.fullmatch(digest)
-    if match is None:
-        raise _invalid(f"{digest!r} is not a digest (sha256: and 64 lowercase hex)")
-    return match.group(1)
+    try:
+        return check_digest(digest)
+    except ValueError:
+        raise _invalid(f"{digest!r} is not a digest (sha256: and 64 lowercase hex)") from None
 
 
 def _check_repository(namespace: str, name: str) -> None:
     for kind, value in (("namespace", namespace), ("repository name", name)):
-        if not _NAME.fullmatch(value):
+        if not is_name(value):
             raise _invalid(f"{value!r} is not a valid {kind}")
 
 
@@ -108,7 +111,7 @@ def split_repository(repository: str) -> tuple[str, str]:
 def _ref_parts(registry: str, namespace: str, name: str, ref: str) -> tuple[str, ...]:
     """The folder names of a ref file below ``refs/``, each checked against the registry's rules."""
     _check_repository(namespace, name)
-    if not _REF.fullmatch(ref):
+    if not is_tag(ref):
         raise _invalid(f"{ref!r} is not a valid tag or version")
     return (registry_slug(registry), namespace, name, ref)
 
@@ -127,7 +130,7 @@ def _intact(path: Path, *, touch: bool = False) -> bool | None:
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return False
-        if hashlib.file_digest(handle, "sha256").hexdigest() != path.name:
+        if file_digest(handle) != f"sha256:{path.name}":
             return False
         if touch:
             os.utime(descriptor)
@@ -249,7 +252,7 @@ class Cache:
         """
         path = self._blob_path(digest, create=True)
         assert path is not None  # created
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = content_digest(data)
         if actual != digest:
             raise ClientError(
                 ErrorCode.DIGEST_MISMATCH, f"expected {digest}, the bytes are {actual}"
@@ -264,8 +267,9 @@ class Cache:
         """Each blob file's digest, path and status (of a link, not its target); temporary and
         stray files are skipped."""
         for entry in _children(self._folder(_BLOBS, create=False)):
-            if _HEX.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
-                yield f"sha256:{entry.name}", Path(entry.path), entry.stat(follow_symlinks=False)
+            digest = f"sha256:{entry.name}"
+            if is_digest(digest) and not entry.is_dir(follow_symlinks=False):
+                yield digest, Path(entry.path), entry.stat(follow_symlinks=False)
 
     def size(self) -> int:
         """The total size of the cached blobs in bytes."""
@@ -303,7 +307,7 @@ class Cache:
             ]
         for folder, prefix in level:
             for entry in _children(folder):
-                if _REF.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+                if is_tag(entry.name) and not entry.is_dir(follow_symlinks=False):
                     digest = _read_ref(Path(entry.path))
                     if digest is not None:
                         yield _Ref(Path(entry.path), prefix.rstrip("/") + ":" + entry.name, digest)
@@ -390,7 +394,7 @@ def _read_ref(path: Path) -> str | None:
     else:
         with os.fdopen(descriptor, "rb") as handle:
             text = handle.read(_MAX_REF_FILE).decode("ascii", "replace").strip()
-    if _DIGEST.fullmatch(text):
+    if is_digest(text):
         return text
     path.unlink(missing_ok=True)
     return None

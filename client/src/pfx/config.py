@@ -23,7 +23,6 @@ folders created 0700, through a temporary file and a rename, so a reader never s
 from __future__ import annotations
 
 import os
-import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import tomli_w
 
+from perfusion_format import write_atomic
 from pfx.errors import ClientError, ErrorCode
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "config_file",
     "effective_registry",
     "effective_token",
-    "is_temporary",
     "load_config",
     "make_private_dirs",
     "offline",
@@ -51,7 +50,6 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME = "config.toml"
-_TEMPORARY_SUFFIX = ".tmp"
 _TRUE_WORDS = frozenset({"1", "true", "yes"})
 
 
@@ -88,30 +86,11 @@ def make_private_dirs(folder: Path) -> Path:
     return folder
 
 
-def is_temporary(name: str) -> bool:
-    """True for the name of a temporary file :func:`write_private_file` writes before renaming."""
-    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)
-
-
 def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; the file is created with mode 0600.
-
-    The bytes go to a uniquely named temporary file in the same folder (created with ``O_EXCL``
-    and ``O_NOFOLLOW``), are flushed to disk, and the file is renamed over ``path``. Several
-    processes may write the same path at once: each rename is whole, the last one wins.
-    """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}{_TEMPORARY_SUFFIX}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    descriptor = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``data`` atomically (:func:`perfusion_format.write_atomic`); the file
+    has mode 0600 from the moment it exists. Several processes may write the same path at once:
+    each rename is whole, the last one wins."""
+    write_atomic(path, data, mode=0o600)
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:

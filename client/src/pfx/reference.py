@@ -7,18 +7,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from perfusion_format import DIGEST_PATTERN, NAME_PATTERN, TAG_PATTERN
 from pfx.errors import ClientError, ErrorCode
 
-__all__ = ["DEFAULT_TAG", "NAME_PATTERN", "TAG_PATTERN", "Reference", "parse_reference"]
+__all__ = ["DEFAULT_TAG", "Reference", "parse_reference"]
 
 DEFAULT_TAG = "latest"
 
-#: A namespace or repository name, and a tag or version name (spec/registry-api.md §3).
-NAME_PATTERN = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
-TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+#: Names, tags and digests as the registry spells them (spec/registry-api.md §3).
 _REFERENCE = re.compile(
     rf"(?P<namespace>{NAME_PATTERN})/(?P<name>{NAME_PATTERN})"
-    rf"(?::(?P<tag>{TAG_PATTERN}))?(?:@(?P<digest>sha256:[0-9a-f]{{64}}))?"
+    rf"(?::(?P<tag>{TAG_PATTERN}))?(?:@(?P<digest>{DIGEST_PATTERN}))?"
 )
 
 

@@ -17,14 +17,13 @@ unless the registry already has them (``HEAD``), publishes the version, and atta
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import perfusion_format as pf
-from perfusion_format.files import read_bounded
 from pfx.cache import Cache
 from pfx.config import effective_registry, effective_token, load_config, offline
 from pfx.errors import ClientError, ErrorCode
@@ -43,6 +42,17 @@ def connect(registry: str | None = None, token: str | None = None) -> Client:
     from pfx.client import Client
 
     return Client(effective_registry(registry), effective_token(token))
+
+
+@contextmanager
+def _session(client: Client | None) -> Iterator[Client]:
+    """``client``, left open; or, when it is None, a new one of :func:`connect`, closed on
+    leaving."""
+    if client is not None:
+        yield client
+        return
+    with connect() as own:
+        yield own
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def pull(
     if registry and not ref.digest:
         cache.set_ref(registry, ref.namespace, ref.name, ref.target, digest)
     if output is not None:
-        _copy(path, output)
+        pf.write_atomic(output, data)
     return PullResult(str(ref), digest, output or path, len(data), from_cache, decision)
 
 
@@ -112,17 +122,12 @@ def _fetch(
     """Online: the registry's URL, the digest ``ref`` names (resolved unless given), its cached
     path if any, and its bytes (from the cache, else downloaded and checked against the digest).
     A client made here is closed here."""
-    own = client is None
-    client = client or connect()
-    try:
+    with _session(client) as registry:
         if digest is None:
-            digest = client.resolve(ref.namespace, ref.name, ref.target).digest
+            digest = registry.resolve(ref.namespace, ref.name, ref.target).digest
         path = cache.get(digest)
-        data = path.read_bytes() if path else _download(client, ref, digest, progress)
-        return client.url, digest, path, data
-    finally:
-        if own:
-            client.close()
+        data = path.read_bytes() if path else _download(registry, ref, digest, progress)
+        return registry.url, digest, path, data
 
 
 def _download(client: Client, ref: Reference, digest: str, progress: Progress | None) -> bytes:
@@ -134,16 +139,6 @@ def _download(client: Client, ref: Reference, digest: str, progress: Progress | 
             f"the registry sent bytes for {ref} that are not {digest}: refused, nothing kept",
         )
     return data
-
-
-def _copy(source: Path, target: Path) -> None:
-    temporary = target.with_name(f".{target.name}.pfx-partial")
-    try:
-        shutil.copyfile(source, temporary)
-        temporary.replace(target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -179,30 +174,30 @@ def push(
     repository's settings (a new repository is private)."""
     ref = parse_reference(reference, needs_version=True)
     assert ref.tag is not None
-    data = read_bounded(file)
+    data = pf.read_bounded(file)
     concept = pf.loads(data)
     key_path = sign_with or load_config().default_key
     if key_path is not None:
         signed = pf.sign(concept, pf.load_private_key(key_path))
         if signed is not concept:
             data = pf.dumps(signed)
-    images = [read_bounded(path) for path in previews]
-    client = client or connect()
+    images = [pf.read_bounded(path) for path in previews]
     digest = pf.content_digest(data)
-    uploaded = not client.blob_exists(digest)
-    if uploaded:
-        client.upload_blob(data, digest, progress)
-    version = client.publish(
-        ref.namespace,
-        ref.name,
-        ref.tag,
-        digest,
-        tags=list(tags) if tags is not None else None,
-        private=private,
-        description=description,
-        labels=list(labels) if labels is not None else None,
-    )
-    attached = tuple(
-        client.attach_preview(ref.namespace, ref.name, image).digest for image in images
-    )
+    with _session(client) as registry:
+        uploaded = not registry.blob_exists(digest)
+        if uploaded:
+            registry.upload_blob(data, digest, progress)
+        version = registry.publish(
+            ref.namespace,
+            ref.name,
+            ref.tag,
+            digest,
+            tags=list(tags) if tags is not None else None,
+            private=private,
+            description=description,
+            labels=list(labels) if labels is not None else None,
+        )
+        attached = tuple(
+            registry.attach_preview(ref.namespace, ref.name, image).digest for image in images
+        )
     return PushResult(str(ref), digest, uploaded, version, attached)

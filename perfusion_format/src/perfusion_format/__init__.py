@@ -25,7 +25,16 @@ from .concept import (
     create_concept,
 )
 from .container import MAX_FILE_SIZE, MAX_HEADER_SIZE, DType
-from .digest import base_fingerprint, content_digest, fingerprint_names
+from .digest import (
+    DIGEST,
+    DIGEST_PATTERN,
+    base_fingerprint,
+    check_digest,
+    content_digest,
+    file_digest,
+    fingerprint_names,
+    is_digest,
+)
 from .errors import (
     ErrorCode,
     FormatError,
@@ -35,7 +44,9 @@ from .errors import (
     VerificationError,
 )
 from .families import FAMILIES, Family, get_family
+from .fileio import is_temporary, read_bounded, write_atomic
 from .files import dumps, load, loads, save
+from .names import NAME, NAME_PATTERN, TAG, TAG_PATTERN, is_name, is_tag
 from .report import SizeReport, size_report
 from .signing import (
     PrivateKey,
@@ -48,6 +59,8 @@ from .signing import (
 from .verification import VerificationResult, check_signatures, sign, verify
 
 __all__ = [
+    "DIGEST",
+    "DIGEST_PATTERN",
     "FAMILIES",
     "FILE_SUFFIX",
     "FORMAT_NAME",
@@ -55,6 +68,10 @@ __all__ = [
     "MAX_FILE_SIZE",
     "MAX_HEADER_SIZE",
     "MEDIA_TYPE",
+    "NAME",
+    "NAME_PATTERN",
+    "TAG",
+    "TAG_PATTERN",
     "Concept",
     "DType",
     "ErrorCode",
@@ -72,19 +89,27 @@ __all__ = [
     "VerificationError",
     "VerificationResult",
     "base_fingerprint",
+    "check_digest",
     "check_signatures",
     "content_digest",
     "create_concept",
     "dumps",
+    "file_digest",
     "fingerprint_names",
     "get_family",
+    "is_digest",
+    "is_name",
+    "is_tag",
+    "is_temporary",
     "load",
     "load_private_key",
     "load_public_key",
     "loads",
+    "read_bounded",
     "save",
     "save_private_key",
     "sign",
     "size_report",
     "verify",
+    "write_atomic",
 ]

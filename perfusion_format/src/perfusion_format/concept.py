@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .container import DTYPES, DType, RawTensor
-from .digest import weights_digest
+from .digest import DIGEST, weights_digest
 from .errors import ErrorCode, FormatError, SignatureError
 from .families import FAMILIES, Family
 from .signing import Signature
@@ -92,7 +92,6 @@ _REQUIRED = (
 
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 #: Control characters (spec §3.2): Unicode general category Cc, C0, DEL and C1.
 _CONTROL = "\x00-\x1f\x7f-\x9f"
@@ -178,7 +177,7 @@ def _check_metadata(metadata: Mapping[str, str]) -> Family:
         (Key.TITLE, _TITLE, "1 to 128 characters, no control characters or edge spaces"),
         (Key.TRIGGER, _TOKEN, "1 to 64 characters, no whitespace or control characters"),
         (Key.SUPERCLASS, _PHRASE, "1 to 64 characters, no control characters or edge spaces"),
-        (Key.BASE_FINGERPRINT, _DIGEST, "must be sha256:<64 lowercase hex>"),
+        (Key.BASE_FINGERPRINT, DIGEST, "must be sha256:<64 lowercase hex>"),
         (Key.DATE, _DATE, "must be UTC as YYYY-MM-DDTHH:MM:SSZ"),
     )
     for key, pattern, rule in checks:

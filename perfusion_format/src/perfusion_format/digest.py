@@ -1,32 +1,47 @@
 """Digests: of the file bytes, of a concept's content (what is signed), and of a base model.
 
-All three are SHA-256, written ``sha256:<64 lowercase hex>``. The byte layouts hashed by the
-weights digest and the base fingerprint are defined in spec/concept-format.md §4; every variable-
-length field is preceded by its length as an unsigned 64-bit little-endian integer (``u64``), so
-no two different inputs hash the same bytes.
+All three are SHA-256, written ``sha256:<64 lowercase hex>`` — the one digest grammar of pfx
+(:data:`DIGEST`, :func:`is_digest`, :func:`check_digest`), shared by the format, the registry,
+the client and the runtime. The byte layouts hashed by the weights digest and the base fingerprint
+are defined in spec/concept-format.md §4; every variable-length field is preceded by its length as
+an unsigned 64-bit little-endian integer (``u64``), so no two different inputs hash the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
 __all__ = [
+    "DIGEST",
+    "DIGEST_PATTERN",
+    "DIGEST_PREFIX",
     "FINGERPRINT_DOMAIN",
     "WEIGHTS_DOMAIN",
     "base_fingerprint",
+    "check_digest",
     "content_digest",
+    "file_digest",
     "fingerprint_names",
     "format_digest",
+    "is_digest",
     "weights_digest",
 ]
 
 WEIGHTS_DOMAIN = b"perfusion-weights-digest/v1\x00"
 FINGERPRINT_DOMAIN = b"perfusion-base-fingerprint/v1\x00"
+
+#: What every digest starts with: the algorithm, then a colon.
+DIGEST_PREFIX = "sha256:"
+#: A digest as text, ``sha256:`` and 64 lowercase hex digits (uppercase hex is not a digest), for
+#: use inside larger patterns; :data:`DIGEST` is the compiled pattern.
+DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+DIGEST = re.compile(DIGEST_PATTERN)
 
 
 class _StoredTensor(Protocol):
@@ -37,9 +52,22 @@ class _StoredTensor(Protocol):
     def data(self) -> bytes: ...
 
 
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is a digest: ``sha256:`` and exactly 64 lowercase hex digits."""
+    return DIGEST.fullmatch(text) is not None
+
+
+def check_digest(digest: str) -> str:
+    """The 64 hex digits of the digest ``digest``; ``ValueError`` when it is not one
+    (:func:`is_digest`). The hex part is safe to use as a file name."""
+    if not is_digest(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return digest.removeprefix(DIGEST_PREFIX)
+
+
 def format_digest(hasher: hashlib._Hash) -> str:
     """Render a finished SHA-256 hasher as ``sha256:<hex>``."""
-    return f"sha256:{hasher.hexdigest()}"
+    return f"{DIGEST_PREFIX}{hasher.hexdigest()}"
 
 
 def _u64(value: int) -> bytes:
@@ -51,8 +79,14 @@ def _field(value: bytes) -> bytes:
 
 
 def content_digest(data: bytes) -> str:
-    """The content digest: SHA-256 of the whole file, as a registry addresses it."""
+    """The digest of ``data``, ``sha256:<hex>``: for a file's bytes, its content digest, by
+    which a registry and the client's cache address it."""
     return format_digest(hashlib.sha256(data))
+
+
+def file_digest(file: BinaryIO) -> str:
+    """:func:`content_digest` of what remains of the open binary ``file``, read in chunks."""
+    return format_digest(hashlib.file_digest(file, "sha256"))
 
 
 def weights_digest(signed_metadata: Mapping[str, str], tensors: Mapping[str, _StoredTensor]) -> str:

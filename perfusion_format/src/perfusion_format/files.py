@@ -1,22 +1,20 @@
 """Reading and writing concept files: bytes or paths in, validated :class:`Concept` out.
 
 Reads are bounded (a file over the size cap is refused before it is read) and never unpickle
-anything; writes are canonical (the same concept always gives the same bytes) and atomic (a temp
-file in the target's folder, fsync, then rename: a crash never leaves a half-written file).
+anything; writes are canonical (the same concept always gives the same bytes) and atomic (see
+:mod:`perfusion_format.fileio`: a crash never leaves a half-written file).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 from .concept import Concept, Key, check_format_version
-from .container import MAX_FILE_SIZE, parse_container, write_container
-from .errors import ErrorCode, FormatError
+from .container import parse_container, write_container
+from .fileio import read_bounded, write_atomic
 from .signing import decode_signatures, encode_signatures
 
-__all__ = ["dumps", "load", "loads", "read_bounded", "save", "write_atomic"]
+__all__ = ["dumps", "load", "loads", "save"]
 
 
 def loads(data: bytes) -> Concept:
@@ -32,18 +30,6 @@ def loads(data: bytes) -> Concept:
     check_format_version(metadata)  # a non-concept or a newer major is refused first
     signatures = decode_signatures(signature_block) if signature_block is not None else ()
     return Concept(metadata=metadata, tensors=container.tensors, signatures=signatures)
-
-
-def read_bounded(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> bytes:
-    """Read a whole file, refusing (FILE_TOO_LARGE) before reading more than ``limit`` bytes."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limit:
-            raise FormatError(ErrorCode.FILE_TOO_LARGE, f"{size} bytes exceeds {limit}")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise FormatError(ErrorCode.FILE_TOO_LARGE, f"more than {limit} bytes")
-    return data
 
 
 def load(path: str | os.PathLike[str]) -> Concept:
@@ -62,28 +48,6 @@ def dumps(concept: Concept) -> bytes:
     return write_container(metadata, dict(concept.tensors))
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically, keeping an existing file's permission bits."""
-    target = Path(path)
-    try:
-        mode = target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def save(concept: Concept, path: str | os.PathLike[str]) -> None:
-    """Write ``concept`` to ``path`` atomically (see :func:`dumps` and :func:`write_atomic`)."""
+    """Write ``concept`` to ``path`` atomically (see :func:`dumps` and :func:`.write_atomic`)."""
     write_atomic(path, dumps(concept))

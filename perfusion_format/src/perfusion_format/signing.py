@@ -27,7 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import ErrorCode, KeyFileError, SignatureError
+from .errors import ErrorCode, FormatError, KeyFileError, SignatureError
+from .fileio import read_bounded
 from .strict_json import StrictJSONError, loads_strict
 
 __all__ = [
@@ -245,11 +246,10 @@ def encode_signatures(signatures: Sequence[Signature]) -> str:
 
 
 def _read_key_file(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read(_MAX_KEY_FILE + 1)
-    if len(data) > _MAX_KEY_FILE:
-        raise KeyFileError(ErrorCode.KEY_INVALID, f"{path} is too large to be a key file")
-    return data
+    try:
+        return read_bounded(path, _MAX_KEY_FILE)
+    except FormatError:
+        raise KeyFileError(ErrorCode.KEY_INVALID, f"{path} is too large to be a key file") from None
 
 
 def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:

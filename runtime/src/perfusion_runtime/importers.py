@@ -34,7 +34,6 @@ runs). Anything else — a pickled class or function — is IMPORT_UNSAFE, and n
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -436,7 +435,7 @@ def import_checkpoint(
     if layout is SourceLayout.PERFUSION_PYTORCH and pipe is not None:
         superclass_input = _superclass_input(pipe, layers, source.key_targets)
     with open(path, "rb") as handle:
-        digest = "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = pf.file_digest(handle)
     assert base_fingerprint is not None  # _base() refuses a call with neither
     return pf.create_concept(
         name=name or superclass,

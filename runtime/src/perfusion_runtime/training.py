@@ -75,20 +75,13 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 import perfusion_format as pf
-from perfusion_format.files import write_atomic
 
-from .concepts import (
-    build_covariance,
-    covariance_factor,
-    encode_prompts,
-    new_concept,
-    solve_gate,
-    superclass_token_ids,
-    unet_conditioning,
-)
+from .covariance import build_covariance, covariance_factor, solve_gate
 from .edit import ConceptSet, ConceptVectors, LayerEdit, check_gate
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
+from .initial_concept import new_concept
 from .pipeline import check_not_applied, check_token_free, install, pipeline_layout
+from .prompts import encode_prompts, superclass_token_ids, unet_conditioning
 from .tokens import extended_tokenizer
 from .training_data import LatentImages, TrainingImages, read_images
 
@@ -326,7 +319,7 @@ class _State:
             metadata={_CHECKPOINT_KEY: json.dumps(info)},
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
+        pf.write_atomic(path, data)
 
     def load(self, path: Path, run: dict[str, Any], steps: int) -> None:
         """Restore the checkpoint at ``path``; it must come from a run with the same ``run``

@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 
 import perfusion_format as pf
-from perfusion_format.files import read_bounded, write_atomic
 from pfx.config import config_dir, make_private_dirs
 
 from . import output
@@ -42,7 +41,7 @@ def _public_key_path(private_key_path: Path) -> Path:
 def _read_concept(path: Path) -> tuple[bytes, pf.Concept]:
     """The file's bytes and the validated concept they hold."""
     with output.naming(path):
-        data = read_bounded(path)
+        data = pf.read_bounded(path)
         return data, pf.loads(data)
 
 
@@ -127,7 +126,7 @@ def sign(
     changed = signed is not concept
     if changed:
         data = pf.dumps(signed)
-        write_atomic(file, data)
+        pf.write_atomic(file, data)
     key_id = private_key.public_key.key_id
     payload = {
         "file": str(file),

@@ -6,9 +6,8 @@ starts fast and works where they are not installed (``pip install 'pfx[runtime]'
 
 from __future__ import annotations
 
-import os
+import io
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,17 +37,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _write_png(image: Any, path: Path) -> None:
-    """Save a PIL image as PNG atomically (temp file in the same folder, then rename)."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".png"
-    )
-    os.close(descriptor)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    """Save a PIL image as PNG atomically (:func:`perfusion_format.write_atomic`)."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    pf.write_atomic(path, encoded.getvalue())
 
 
 def generate(

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 import perfusion_format as pf
-from perfusion_format.files import write_atomic
 
 from . import output
 from .models import check_output_folder, load_pipeline, runtime
@@ -236,7 +235,7 @@ def train(
     if key is not None:
         concept = pf.sign(concept, key)
     data = pf.dumps(concept)
-    write_atomic(out, data)
+    pf.write_atomic(out, data)
     summary = concept.training
     payload = {
         "output": str(out),
