@@ -144,7 +144,7 @@ def trained_like_concept(
         "value_targets": value_targets,
         "created": "2026-11-25T00:00:00Z",
     }
-    superclass_id = pr.concepts.superclass_token_ids(pipe, superclass)["tokenizer"]
+    superclass_id = pr.prompts.superclass_token_ids(pipe, superclass)["tokenizer"]
     position = token_position(pipe, prompt.format(superclass), superclass_id)
     superclass_input = pr.encode_prompts(pipe, [prompt.format(superclass)])[0][0, position]
     draft = pf.create_concept(
@@ -159,7 +159,7 @@ def trained_like_concept(
     return pf.create_concept(
         **common,
         target_input=target.numpy(),
-        gate_direction=pr.concepts.gate_direction(covariance, target).numpy(),
+        gate_direction=pr.covariance.gate_direction(covariance, target).numpy(),
         superclass_input=superclass_input.numpy(),
     )
 

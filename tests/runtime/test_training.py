@@ -22,7 +22,7 @@ from training_images import draw_images, draw_masks
 
 import perfusion_format as pf
 import perfusion_runtime as pr
-from perfusion_runtime.concepts import gate_direction
+from perfusion_runtime.covariance import gate_direction
 from perfusion_runtime.edit import ConceptSet, ConceptVectors, LayerEdit
 from perfusion_runtime.tokens import extended_tokenizer
 

@@ -10,24 +10,25 @@
 The edit itself (:mod:`perfusion_runtime.edit`) is plain torch, for tools with their own model
 code; :func:`patch_cross_attention` patches any module tree of diffusers ``Attention`` layers.
 :func:`estimate_covariance` / :func:`save_covariance` / :func:`load_covariance` keep a text
-encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`);
+encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`), and
+:func:`new_concept` makes a concept initialised as the paper does;
 :func:`import_checkpoint` converts perfusion-pytorch and ChenDarYen checkpoints
 (:mod:`perfusion_runtime.importers`).
 """
 
-from .concepts import (
+from .covariance import (
     Covariance,
     build_covariance,
     default_captions,
-    encode_prompts,
     estimate_covariance,
-    new_concept,
+    load_covariance,
     parse_captions,
+    save_covariance,
 )
-from .covariance import load_covariance, save_covariance
 from .edit import ConceptSet, ConceptVectors, LayerEdit
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
 from .importers import import_checkpoint
+from .initial_concept import new_concept
 from .pipeline import (
     PerfusionHandle,
     PipelineLayout,
@@ -38,6 +39,7 @@ from .pipeline import (
     text_encoder_fingerprint,
 )
 from .processor import PerfusionAttnProcessor, patch_cross_attention
+from .prompts import encode_prompts
 from .training import DEFAULT_TEMPLATES, TrainingConfig, TrainingProgress, train
 
 __all__ = [

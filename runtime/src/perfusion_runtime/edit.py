@@ -15,8 +15,11 @@ Scores and gates are computed in float32 whatever the model's dtype (under autoc
 
 Training runs through this same code: the edit is differentiable in the encodings and in the
 value targets (pass leaf tensors that require grad to :class:`LayerEdit`), and
-:meth:`ConceptSet.set_vectors` moves i*, u and i_s between steps. Only float32 inference with
-autograd off takes the fused in-place path.
+:meth:`ConceptSet.set_vectors` moves i*, u and i_s between steps. With autograd off (inference)
+and a contiguous ``to_v`` output, the value edit is one in-place ``addmm_`` on that output, in
+the layer's dtype (float32, float16 or bfloat16: the gates and targets are cast once, so the
+edit term is rounded as the layer's own output is); otherwise it is added out of place in
+float32 and cast back.
 
 Tools with their own attention code build a :class:`ConceptSet` and one :class:`LayerEdit` per
 cross-attention layer, then call ``edit.keys(e, to_k)`` and ``edit.values(e, to_v)`` where they
