@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,18 +46,24 @@ def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
 
 def test_metrics_and_access_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(data_dir=tmp_path, rate_limit_token=0, rate_limit_address=0)
+    app = create_app(settings)
+    admin = migrate_and_add_administrator(app.state.registry.engine)
     with (
-        TestClient(create_app(settings)) as client,
+        TestClient(app) as client,
         caplog.at_level(logging.INFO, logger="pfx_registry.access"),
     ):
         client.get("/v1/concepts/nobody/thing")
         client.get("/v1/concepts/nobody/thing")
         client.get("/healthz")
+        whoami = client.get(
+            "/v1/whoami", headers={"Authorization": f"Bearer {admin}", "X-Request-ID": "trace-7"}
+        )
         text = client.get("/metrics").text
+    assert whoami.headers["x-request-id"] == "trace-7"
     assert (
-        'pfx_requests_total{method="GET",route="/v1/concepts/{ns}/{name}",status="404"} 2' in text
+        'pfx_requests_total{method="GET",route="/v1/concepts/{ns}/{name}",status="404"} 2.0' in text
     )
-    assert 'pfx_request_duration_seconds_count{route="/healthz"} 1' in text
+    assert 'pfx_request_duration_seconds_count{route="/healthz"} 1.0' in text
     assert "# TYPE pfx_request_duration_seconds histogram" in text
     lines = [json.loads(record.message) for record in caplog.records]
     assert {
@@ -64,8 +71,33 @@ def test_metrics_and_access_log(tmp_path: Path, caplog: pytest.LogCaptureFixture
         "path": "/healthz",
         "route": "/healthz",
         "status": 200,
+        "caller": None,
     }.items() <= lines[2].items()
     assert lines[0]["status"] == 404 and lines[0]["ms"] >= 0
+    assert lines[0]["bytes"] == len(
+        b'{"error":{"code":"NOT_FOUND","message":"namespace nobody not found"}}'
+    )
+    assert datetime.fromisoformat(lines[0]["time"]).utcoffset() is not None
+    assert lines[3]["request_id"] == "trace-7" and lines[3]["caller"] == "root"
+    assert lines[0]["request_id"] != lines[1]["request_id"]
+    assert admin not in "".join(record.message for record in caplog.records)
+
+
+def test_every_answer_carries_a_request_id(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, rate_limit_token=0, rate_limit_address=1.0, max_json_bytes=1024
+    )
+    with TestClient(create_app(settings)) as client:
+        answers = [
+            client.get("/healthz"),
+            client.get("/v1/concepts/nobody/thing"),
+            client.post("/v1/orgs", content=b"x" * 2000),  # 413 before the app
+            client.get("/healthz", headers={"X-Request-ID": "bad id!"}),
+        ]
+        answers += [client.get("/healthz") for _ in range(4)]  # past the burst of 4: 429
+    assert [a.status_code for a in answers][-1] == 429 and answers[2].status_code == 413
+    ids = [a.headers.get("x-request-id") for a in answers]
+    assert all(ids) and len(set(ids)) == len(ids), ids  # an unsafe id sent is replaced
 
 
 def test_request_bodies_are_bounded(tmp_path: Path) -> None:

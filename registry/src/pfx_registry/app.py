@@ -10,25 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
 
 import perfusion_format as pf
 
-from .api import router
+from .api import ROUTERS
+from .api.openapi import install_openapi
+from .api.operations import Readiness
 from .errors import ApiError, BackendUnavailable, Code
 from .migrate import upgrade
 from .observability import Metrics, RateLimit, RequestAccounting
@@ -101,9 +100,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(400, Code.BAD_REQUEST, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(error.status_code, Code.BAD_REQUEST)
-        return error_response(error.status_code, code, str(error.detail), error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(error.status_code, code, str(error.detail), headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path, from the API's own description
+    (Starlette's 405 names only the first route that matched the path); HEAD wherever GET is."""
+    methods: set[str] = set()
+    for template, path_item in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            methods.update(method.upper() for method in path_item)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
@@ -128,12 +142,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
 
     app = FastAPI(title="pfx registry", version="1", lifespan=lifespan)
     app.state.registry = registry
+    app.state.metrics = Metrics()
+    app.state.readiness = Readiness(registry)
     _install_error_handlers(app)
-    app.include_router(router)
-    metrics = Metrics()
+    for router in ROUTERS:
+        app.include_router(router)
+    install_openapi(app)
     app.add_middleware(
         RequestAccounting,
-        metrics=metrics,
+        metrics=app.state.metrics,
         token_limit=RateLimit(settings.rate_limit_token, 4 * settings.rate_limit_token),
         address_limit=RateLimit(settings.rate_limit_address, 4 * settings.rate_limit_address),
         body_limit=lambda path: (
@@ -144,24 +161,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
             else settings.max_json_bytes
         ),
     )
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus() -> str:
-        """Request counters and latency histograms (Prometheus text format)."""
-        return metrics.render()
-
-    @app.get("/healthz")
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    readiness = _Readiness(registry)
-
-    @app.get("/readyz")
-    async def ready() -> dict[str, Any]:
-        """Readiness: the index and the blob store both answer within READY_DEADLINE seconds
-        (503 otherwise)."""
-        return await readiness.check()
 
     return app
 
@@ -179,63 +178,3 @@ def _flush_downloads(registry: Registry) -> None:
         registry.downloads.flush(registry.engine)
     except (OperationalError, PoolTimeout) as error:
         logger.warning("download counts not written yet: %s", type(error).__name__)
-
-
-#: Seconds /readyz waits for its checks before it answers 503 (the spec promises an answer within
-#: 2 s, whatever the backends do).
-READY_DEADLINE = 1.5
-
-
-class _Readiness:
-    """Runs :func:`check_ready` on a thread of its own, one check at a time: a probe waits at most
-    READY_DEADLINE seconds for the check in flight, started by it or by an earlier probe. A check
-    that outlives its probes' deadlines (an index that does not answer) is left to end by the
-    index's own timeouts and is reused meanwhile, so a hung backend holds one thread, not one per
-    probe."""
-
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        self._lock = threading.Lock()
-        self._current: Future[dict[str, Any]] | None = None
-
-    async def check(self) -> dict[str, Any]:
-        """The result of the check in flight or of a new one; BackendUnavailable past the
-        deadline."""
-        with self._lock:
-            if self._current is None or self._current.done():
-                self._current = Future()
-                threading.Thread(
-                    target=self._run, args=(self._current,), name="pfx-readyz", daemon=True
-                ).start()
-            current = self._current
-        waiter = asyncio.wrap_future(current)
-        try:
-            done, _pending = await asyncio.wait({waiter}, timeout=READY_DEADLINE)
-        finally:
-            waiter.cancel()  # ends this probe's wait; a check already running is not cancelled
-        if not done:
-            raise BackendUnavailable(
-                f"the index or the blob store did not answer within {READY_DEADLINE} s"
-            )
-        return waiter.result()
-
-    def _run(self, future: Future[dict[str, Any]]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return  # its only probe left before it started
-        try:
-            future.set_result(check_ready(self._registry))
-        except BaseException as error:  # handed to the waiting probes
-            future.set_exception(error)
-
-
-def check_ready(registry: Registry) -> dict[str, Any]:
-    """Raise BackendUnavailable unless the index and the blob store answer."""
-    try:
-        with registry.engine.connect() as connection:
-            connection.execute(text("select 1"))
-    except OperationalError as error:
-        raise BackendUnavailable(
-            f"the index is unavailable ({type(error.orig).__name__})"
-        ) from error
-    registry.blobs.check()
-    return {"status": "ready"}

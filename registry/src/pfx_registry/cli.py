@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import sys
+import tempfile
 from datetime import timedelta
 
 import uvicorn
@@ -16,6 +19,7 @@ from .auth import hash_token, new_token
 from .db import accounts, tokens, utcnow
 from .gc import collect_garbage
 from .migrate import upgrade
+from .observability import MULTIPROCESS_VARIABLE, access_log
 from .settings import Settings, settings_error
 from .state import open_registry
 
@@ -48,18 +52,29 @@ def serve(arguments: argparse.Namespace) -> int:
             "  No administrator yet. Create one and get its token with:\n"
             f"    pfx-registry admin create-token --data {settings.data_dir}"
         )
+    _log_access_to_stdout()
     if arguments.workers == 1:
         app = create_app(settings, migrate=False)
-        uvicorn.run(app, host=arguments.host, port=arguments.port)
-    else:  # each worker process builds its own app (and caches) from the environment
-        os.environ["PFX_DATA_DIR"] = str(settings.data_dir)
+        uvicorn.run(app, host=arguments.host, port=arguments.port, access_log=False)
+        return 0
+    # Each worker process builds its own app (and caches) from the environment; their metrics
+    # meet in one folder, so that a scrape of any of them counts the requests of all.
+    os.environ["PFX_DATA_DIR"] = str(settings.data_dir)
+    own_folder = not os.environ.get(MULTIPROCESS_VARIABLE)
+    if own_folder:
+        os.environ[MULTIPROCESS_VARIABLE] = tempfile.mkdtemp(prefix="pfx-registry-metrics-")
+    try:
         uvicorn.run(
             "pfx_registry.cli:worker_app",
             factory=True,
             host=arguments.host,
             port=arguments.port,
             workers=arguments.workers,
+            access_log=False,
         )
+    finally:
+        if own_folder:
+            shutil.rmtree(os.environ.pop(MULTIPROCESS_VARIABLE), ignore_errors=True)
     return 0
 
 
@@ -68,7 +83,17 @@ def worker_app() -> FastAPI:
     the parent before it started the workers), schema already migrated by the parent."""
     from .app import create_app
 
+    _log_access_to_stdout()
     return create_app(migrate=False)
+
+
+def _log_access_to_stdout() -> None:
+    """One JSON line per request on standard output (the access log; never a token)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.handlers[:] = [handler]
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
 
 
 def migrate(arguments: argparse.Namespace) -> int:

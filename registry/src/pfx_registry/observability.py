@@ -12,13 +12,26 @@ import hashlib
 import json
 import logging
 import math
+import os
+import re
 import time
-from collections import OrderedDict, defaultdict
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Metrics", "RateLimit", "RequestAccounting"]
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = ["CALLER_NAME", "MULTIPROCESS_VARIABLE", "Metrics", "RateLimit", "RequestAccounting"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,8 +40,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("pfx_registry.access")
+#: Where the app leaves the caller's user name for the access log (``scope["state"]``).
+CALLER_NAME = "pfx_caller"
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
+#: The variable that puts prometheus_client in multiprocess mode (set by ``serve --workers N``).
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+#: A request id a client may choose (else the server makes one): at most 128 safe characters.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass
@@ -58,52 +77,44 @@ class RateLimit:
         return wait
 
 
-@dataclass
 class Metrics:
-    """Counters and latency histograms by (method, route, status), in Prometheus text format."""
+    """Request counters and latency histograms by (method, route, status), kept by
+    ``prometheus_client``.
 
-    requests: defaultdict[tuple[str, str, str], int] = field(
-        default_factory=lambda: defaultdict(int)
-    )
-    durations: defaultdict[str, list[float]] = field(
-        default_factory=lambda: defaultdict(lambda: [0.0] * (len(_BUCKETS) + 1))
-    )
+    With several worker processes (``serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` names a
+    folder that ``serve`` creates before it starts them: every process writes its samples there,
+    and a scrape of any process adds up those of all (prometheus_client's multiprocess mode), so
+    one consistent set of counters is exposed whichever process answers.
+    """
+
+    def __init__(self) -> None:
+        self._registry = CollectorRegistry()
+        self._requests = Counter(
+            "pfx_requests",
+            "Requests answered, by method, route and status.",
+            ["method", "route", "status"],
+            registry=self._registry,
+        )
+        self._durations = Histogram(
+            "pfx_request_duration_seconds",
+            "Time to answer a request, by route.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self._registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one request and its duration."""
-        self.requests[(method, route, str(status))] += 1
-        histogram = self.durations[route]
-        for index, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
-                histogram[index] += 1
-        histogram[-1] += seconds
+        self._requests.labels(method, route, str(status)).inc()
+        self._durations.labels(route).observe(seconds)
 
-    def render(self) -> str:
-        """The exposition text served at /metrics."""
-        lines = [
-            "# HELP pfx_requests_total Requests answered, by method, route and status.",
-            "# TYPE pfx_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
-            lines.append(f"pfx_requests_total{{{labels}}} {count}")
-        lines += [
-            "# HELP pfx_request_duration_seconds Time to answer a request, by route.",
-            "# TYPE pfx_request_duration_seconds histogram",
-        ]
-        for route, histogram in sorted(self.durations.items()):
-            metric = "pfx_request_duration_seconds"
-            label = f'route="{_escape(route)}"'
-            for bound, count in zip(_BUCKETS, histogram, strict=False):
-                le = "+Inf" if math.isinf(bound) else repr(bound)
-                lines.append(f'{metric}_bucket{{{label},le="{le}"}} {count:g}')
-            lines.append(f"{metric}_sum{{{label}}} {histogram[-1]:.6f}")
-            lines.append(f"{metric}_count{{{label}}} {histogram[len(_BUCKETS) - 1]:g}")
-        return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    def render(self) -> tuple[bytes, str]:
+        """The exposition served at /metrics, and its content type."""
+        if os.environ.get(MULTIPROCESS_VARIABLE):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
 
 class RequestAccounting:
@@ -128,6 +139,7 @@ class RequestAccounting:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_id = _request_id(scope)
         client = (scope.get("client") or ("-", 0))[0]
         authorization = _header(scope, b"authorization")
         now = time.monotonic()
@@ -137,44 +149,51 @@ class RequestAccounting:
         if authorization and wait == 0:
             key = "t:" + hashlib.sha256(authorization).hexdigest()[:32]
             wait = self.token_limit.retry_after(key, now)
-        status = 500
+        status, sent = 500, 0
         limit = self.body_limit(scope["path"])
         declared = _header(scope, b"content-length")
+        started_response = refused = False
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status, started_response, sent
+            if message["type"] == "http.response.start":
+                status, started_response = message["status"], True
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        async def send_from_app(message: Message) -> None:
+            if not refused:  # once the 413 is sent, whatever the app answers is dropped
+                await send_and_record(message)
+
         if wait > 0:
-            status = 429
             await _refuse(
-                send,
+                send_and_record,
                 429,
                 "RATE_LIMITED",
                 f"too many requests; retry in {_seconds(wait)} s",
                 [(b"retry-after", str(_seconds(wait)).encode())],
             )
         elif declared is not None and declared.isdigit() and int(declared) > limit:
-            status = 413
-            await _refuse(send, 413, "TOO_LARGE", f"the body exceeds {limit} bytes")
+            await _refuse(send_and_record, 413, "TOO_LARGE", f"the body exceeds {limit} bytes")
         else:
-            started_response = refused = False
             received = 0
 
-            async def send_and_record(message: Message) -> None:
-                nonlocal status, started_response
-                if refused:
-                    return  # the 413 has been sent; whatever the app answers is dropped
-                if message["type"] == "http.response.start":
-                    status, started_response = message["status"], True
-                await send(message)
-
             async def receive_bounded() -> Message:
-                nonlocal received, refused, status
+                nonlocal received, refused
                 message = await receive()
                 received += len(message.get("body", b""))
                 if received > limit and not started_response and not refused:
-                    refused, status = True, 413
-                    await _refuse(send, 413, "TOO_LARGE", f"the body exceeds {limit} bytes")
+                    refused = True
+                    await _refuse(
+                        send_and_record, 413, "TOO_LARGE", f"the body exceeds {limit} bytes"
+                    )
                     return {"type": "http.disconnect"}
                 return message
 
-            await self.app(scope, receive_bounded, send_and_record)
+            await self.app(scope, receive_bounded, send_from_app)
         route = getattr(scope.get("route"), "path", "unmatched")
         seconds = time.perf_counter() - started
         self.metrics.observe(scope["method"], route, status, seconds)
@@ -182,15 +201,28 @@ class RequestAccounting:
             access_log.info(
                 json.dumps(
                     {
+                        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                        "request_id": request_id.decode(),
                         "method": scope["method"],
                         "path": scope["path"],
                         "route": route,
                         "status": status,
+                        "bytes": sent,
                         "ms": round(seconds * 1000, 2),
                         "client": client,
+                        # the user the token belongs to (set by the app), never the token
+                        "caller": scope.get("state", {}).get(CALLER_NAME),
                     }
                 )
             )
+
+
+def _request_id(scope: Scope) -> bytes:
+    """The client's ``X-Request-ID`` when it is a safe short value, else a new one."""
+    given = _header(scope, b"x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex.encode()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     #: Largest preview image accepted (bytes).
     max_preview_bytes: int = Field(default=1024 * 1024, ge=1)
     #: Largest body of any other request (bytes).
-    max_json_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_json_bytes: int = Field(default=256 * 1024, ge=1)
     #: Requests per second (bursts of 4×) allowed per API token; 0 turns the limit off.
     rate_limit_token: float = Field(default=100.0, ge=0)
     #: Requests per second (bursts of 4×) allowed per client address; 0 turns the limit off.

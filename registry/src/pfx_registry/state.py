@@ -21,6 +21,7 @@ from .caching import BlobCache, ReadCache, watch_writes
 from .db import create_index_engine, writing
 from .downloads import DownloadCounter
 from .errors import BackendUnavailable, TransactionConflict
+from .observability import CALLER_NAME
 from .settings import Settings
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Registry",
     "RegistryDep",
     "caller_of",
+    "note_caller",
     "open_registry",
     "run_write",
     "transaction",
@@ -167,9 +169,16 @@ async def caller_of(registry: Registry, authorization: str | None) -> Caller:
 
 
 async def _caller(
-    registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
+    request: Request, registry: RegistryDep, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
-    return await caller_of(registry, authorization)
+    caller = await caller_of(registry, authorization)
+    note_caller(request, caller)
+    return caller
+
+
+def note_caller(request: Request, caller: Caller) -> None:
+    """Leave the caller's user name where the access log finds it (never the token)."""
+    request.scope.setdefault("state", {})[CALLER_NAME] = caller.name
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -1,5 +1,5 @@
-"""The /v1 API: one router module per resource, included in :data:`router` with the hot read
-paths (resolve and download) first, so that they are matched first.
+"""The /v1 API: one router module per resource, included in the app in the order of
+:data:`ROUTERS`: the hot read paths (resolve and download) first, so that they are matched first.
 
 Where to add a route: in the module of its resource (or a new module, included below). A route
 translates HTTP to service calls (:mod:`pfx_registry.service`) and back: it reads the request
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import accounts, blobs, concepts, keys, previews, search, tokens, versions
-from .responses import ERRORS, errors
+from . import accounts, blobs, concepts, keys, operations, previews, search, tokens, versions
 
-__all__ = ["router"]
+__all__ = ["ROUTERS"]
 
-router = APIRouter(prefix="/v1", responses=errors(*ERRORS))
-for _module in (versions, blobs, concepts, previews, search, accounts, tokens, keys):
-    router.include_router(_module.router)
+#: The routers in the order they are matched: the hot read paths first, operations last.
+ROUTERS: tuple[APIRouter, ...] = tuple(
+    module.router
+    for module in (versions, blobs, concepts, previews, search, accounts, tokens, keys, operations)
+)

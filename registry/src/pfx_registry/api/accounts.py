@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 from sqlalchemy import Connection
 
 from pfx_registry.errors import ApiError, Code
@@ -13,6 +13,7 @@ from pfx_registry.service import access, accounts
 from pfx_registry.state import CallerDep, ConnectionDep, RegistryDep, run_write
 
 from .bodies import Membership, NewOrganization, NewUser
+from .http import resource_router
 from .responses import (
     MemberBody,
     MembersBody,
@@ -25,7 +26,7 @@ from .responses import (
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["accounts"])
+router = resource_router("accounts")
 
 
 @router.post("/users", status_code=201, response_model=UserBody, responses=errors(403, 409))

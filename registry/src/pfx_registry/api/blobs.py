@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
@@ -14,12 +14,12 @@ from pfx_registry.errors import ApiError, Code
 from pfx_registry.service import access, concepts
 from pfx_registry.state import CallerDep, ConnectionDep, RegistryDep, run_write, transaction
 
-from .http import digest_param, registry_and_caller, send_blob
+from .http import digest_param, registry_and_caller, resource_router, send_blob
 from .responses import BlobBody, errors
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["blobs"])
+router = resource_router("blobs")
 
 
 @router.head("/blobs/{digest}", responses={200: {"description": "The blob is visible"}})

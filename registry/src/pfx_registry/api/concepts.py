@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 from sqlalchemy import Connection
 
 from pfx_registry.auth import Caller
@@ -14,13 +14,13 @@ from pfx_registry.service import access, concepts
 from pfx_registry.state import CallerDep, CountedConnectionDep, RegistryDep, run_write
 
 from .bodies import PublishRequest, RepositoryUpdate, TagRequest
-from .http import digest_param
+from .http import digest_param, resource_router
 from .responses import NamespaceBody, RepositoryBody, TagBody, VersionBody, YankBody, errors
 from .versions import version_json
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["concepts"])
+router = resource_router("concepts")
 
 
 @router.put(

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
 import perfusion_format as pf
 from pfx_registry.errors import ApiError, Code
 from pfx_registry.service import access, accounts
 from pfx_registry.state import CallerDep, ConnectionDep, RegistryDep, run_write
 
 from .bodies import NewKey, Policy
+from .http import resource_router
 from .responses import KeyBody, KeysBody, PolicyBody, errors
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["keys and policy"])
+router = resource_router("keys and policy")
 
 
 @router.post(

@@ -5,19 +5,19 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pfx_registry.errors import ApiError, Code
 from pfx_registry.service import access, concepts
 from pfx_registry.state import CallerDep, RegistryDep, run_write, transaction
 
-from .http import digest_param
+from .http import digest_param, resource_router
 from .responses import AttachedPreviewBody, errors
 
 __all__ = ["image_type", "router"]
 
-router = APIRouter(tags=["previews"])
+router = resource_router("previews")
 
 _IMAGE_TYPES = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from pfx_registry import search
 from pfx_registry.service import access
 from pfx_registry.state import CallerDep, CountedConnectionDep
 
+from .http import resource_router
 from .responses import SearchBody
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["search"])
+router = resource_router("search")
 
 
 @router.get("/search", response_model=SearchBody)

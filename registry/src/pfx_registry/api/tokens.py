@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import Path, Response
 
 from pfx_registry.service import accounts
 from pfx_registry.state import CallerDep, ConnectionDep, RegistryDep, run_write
 
 from .bodies import NewToken
+from .http import resource_router
 from .responses import NewTokenBody, TokensBody, errors
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["tokens"])
+router = resource_router("tokens")
 
 
 @router.post("/tokens", status_code=201, response_model=NewTokenBody, responses=errors(403, 409))

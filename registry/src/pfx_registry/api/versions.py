@@ -6,19 +6,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 import perfusion_format as pf
 from pfx_registry.auth import Caller
 from pfx_registry.service import access, concepts
 from pfx_registry.state import Registry, transaction
 
-from .http import registry_and_caller, send_blob
+from .http import registry_and_caller, resource_router, send_blob
 from .responses import VersionBody
 
 __all__ = ["router", "version_json"]
 
-router = APIRouter(tags=["versions"])
+router = resource_router("versions")
 
 
 def version_json(ns: str, name: str, row: Any) -> dict[str, Any]:
