@@ -183,6 +183,23 @@ def test_refusals_leave_the_pipeline_untouched(world) -> None:
     assert snapshot(pipe) == before
 
 
+def test_every_code_has_a_category() -> None:
+    by_category = {
+        category: {str(code) for code in pr.RuntimeErrorCode if code.category is category}
+        for category in pr.ErrorCategory
+    }
+    assert by_category[pr.ErrorCategory.INPUT] == {
+        "NO_IMAGES",
+        "INVALID_IMAGE",
+        "MASK_MISMATCH",
+        "INVALID_TRAINING_CONFIG",
+        "INVALID_CHECKPOINT",
+    }
+    assert all(by_category.values())
+    error = pr.PerfusionRuntimeError(pr.RuntimeErrorCode.INVALID_GATE, "τ must be > 0")
+    assert (error.code, error.category) == ("INVALID_GATE", pr.ErrorCategory.CALL)
+
+
 def _arguments(concept: pf.Concept) -> dict[str, Any]:
     return {
         "name": concept.name,

@@ -26,7 +26,7 @@ from .covariance import (
     save_covariance,
 )
 from .edit import ConceptSet, ConceptVectors, LayerEdit
-from .errors import PerfusionRuntimeError, RuntimeErrorCode
+from .errors import ErrorCategory, PerfusionRuntimeError, RuntimeErrorCode
 from .importers import import_checkpoint
 from .initial_concept import new_concept
 from .pipeline import (
@@ -47,6 +47,7 @@ __all__ = [
     "ConceptSet",
     "ConceptVectors",
     "Covariance",
+    "ErrorCategory",
     "LayerEdit",
     "PerfusionAttnProcessor",
     "PerfusionHandle",

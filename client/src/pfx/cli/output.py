@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -74,11 +75,6 @@ _REFUSED = frozenset(
 )
 #: Client codes about reaching the registry (exit 3, like the registry's own refusals).
 _UNREACHED = frozenset({ErrorCode.REGISTRY_UNREACHABLE, ErrorCode.REGISTRY_PROTOCOL})
-#: Runtime codes for bad training inputs — folders, images, masks, settings, checkpoints — which
-#: are usage and I/O problems (exit 2); the runtime's other codes exit 1.
-_TRAINING_INPUTS = frozenset(
-    {"NO_IMAGES", "INVALID_IMAGE", "MASK_MISMATCH", "INVALID_TRAINING_CONFIG", "INVALID_CHECKPOINT"}
-)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the file is invalid, fails verification or is not trusted (or an "
@@ -190,6 +186,19 @@ def _os_message(error: OSError) -> str:
     return f"{error.filename}: {error.strerror or error}"
 
 
+def _is_runtime_input_error(error: pf.PerfusionError) -> bool:
+    """Whether ``error`` is perfusion_runtime's about a run's inputs — folders, images, masks,
+    settings, checkpoints (``ErrorCategory.INPUT``): a usage and I/O problem, exit 2; the
+    runtime's other categories exit 1. Only a command that imported the runtime can raise its
+    errors, so the runtime is looked up here, never imported."""
+    runtime = sys.modules.get("perfusion_runtime")
+    return (
+        runtime is not None
+        and isinstance(error, runtime.PerfusionRuntimeError)
+        and error.category is runtime.ErrorCategory.INPUT
+    )
+
+
 def describe_failure(error: Exception) -> Failure:
     """Map an exception raised by a command to the code, message and exit code reported for it.
 
@@ -206,7 +215,7 @@ def describe_failure(error: Exception) -> Failure:
     if isinstance(error, pf.PerfusionError):
         usage = (
             isinstance(error, pf.KeyFileError | ClientError) and error.code not in _REFUSED
-        ) or error.code in _TRAINING_INPUTS
+        ) or _is_runtime_input_error(error)
         return Failure(str(error.code), error.message, EXIT_USAGE if usage else EXIT_INVALID)
     if isinstance(error, FileExistsError):
         return Failure(ErrorCode.KEY_EXISTS, _os_message(error), EXIT_USAGE)
