@@ -125,6 +125,22 @@ def test_text_output_and_a_resumed_run(cli: Runner, files: Files, tmp_path: Path
     assert pf.load(out).training["steps"] == 3
 
 
+def test_help_shows_the_training_configs_defaults(
+    cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options default to None (the config decides); --help shows the config's values."""
+    import perfusion_runtime as pr
+
+    defaults = pr.TrainingConfig(token="<t>", superclass="t")
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option
+    result = cli("train", "--help")
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    for value in (defaults.steps, defaults.lr_embedding, defaults.beta, "flip", "lock-keys"):
+        assert f"[default: {value}]" in text
+    assert "[default: None]" not in text
+
+
 def test_templates_flips_and_learned_keys(cli: Runner, files: Files, tmp_path: Path) -> None:
     """--template (repeated), --no-flip and --learn-keys reach the run: the file says so, and
     carries key targets instead of the superclass input."""

@@ -5,17 +5,24 @@ Everything that can be checked without the model (the output folder, the caption
 key) is checked before it loads, and the runtime checks the images, masks, token, superclass,
 covariance and checkpoint before the first step. torch, diffusers and perfusion_runtime are
 imported inside the command.
+
+The training options default to None and only those given reach
+:class:`perfusion_runtime.TrainingConfig`, so its defaults (the paper's) are the defaults; ``pfx
+train --help`` shows them, read from the installed runtime.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import TextColumn
+from typer.core import TyperCommand
 
 import perfusion_format as pf
 
@@ -65,19 +72,25 @@ def train(
             show_default=False,
         ),
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 400,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = 4,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps.")] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", min=1, help="Images per forward pass.")
+    ] = None,
     accumulate: Annotated[
-        int, typer.Option("--accumulate", min=1, help="Forward passes per step.")
-    ] = 4,
+        int | None, typer.Option("--accumulate", min=1, help="Forward passes per step.")
+    ] = None,
     lr_values: Annotated[
-        float, typer.Option("--lr-values", help="Learning rate of the value targets.")
-    ] = 0.03,
+        float | None, typer.Option("--lr-values", help="Learning rate of the value targets.")
+    ] = None,
     lr_embedding: Annotated[
-        float, typer.Option("--lr-embedding", help="Learning rate of the token embedding.")
-    ] = 0.006,
-    beta: Annotated[float, typer.Option("--beta", help="Gate threshold β in training.")] = 0.75,
-    tau: Annotated[float, typer.Option("--tau", help="Gate temperature τ in training.")] = 0.1,
+        float | None, typer.Option("--lr-embedding", help="Learning rate of the token embedding.")
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="Gate threshold β in training.")
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option("--tau", help="Gate temperature τ in training.")
+    ] = None,
     covariance: Annotated[
         Path | None,
         typer.Option(
@@ -114,32 +127,33 @@ def train(
         ),
     ] = None,
     flip: Annotated[
-        bool, typer.Option("--flip/--no-flip", help="Random horizontal flips of the images.")
-    ] = True,
+        bool | None,
+        typer.Option("--flip/--no-flip", help="Random horizontal flips of the images."),
+    ] = None,
     lock_keys: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--lock-keys/--learn-keys",
             help="Lock the keys to the superclass (the paper's method), or learn one key target "
             "per layer too (its ablation; the concept then overfits more).",
         ),
-    ] = True,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")] = "auto",
     dtype: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--dtype",
             help="Compute precision: auto (bf16 or fp16 autocast on CUDA, fp32 on CPU), fp32, "
             "fp16, bf16. Weights load in fp32.",
         ),
-    ] = "auto",
+    ] = None,
     checkpoint_every: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--checkpoint-every", min=0, help="Save a checkpoint every N steps (0: never)."
         ),
-    ] = 0,
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
         typer.Option(
@@ -177,7 +191,7 @@ def train(
         raise typer.BadParameter(
             "give --covariance or --captions, not both", param_hint="--captions"
         )
-    if dtype not in _PRECISIONS:
+    if dtype is not None and dtype not in _PRECISIONS:
         raise typer.BadParameter("one of auto, fp32, fp16, bf16", param_hint="--dtype")
     check_output_folder(out)
     key = None
@@ -194,27 +208,30 @@ def train(
     started = time.perf_counter()
     pipe = load_pipeline(model, device, "fp32")
     matrix = None if covariance is None else pr.load_covariance(covariance, pipe).matrix
+    given = {
+        "steps": steps,
+        "batch": batch,
+        "accumulate": accumulate,
+        "lr_values": lr_values,
+        "lr_embedding": lr_embedding,
+        "beta": beta,
+        "tau": tau,
+        "resolution": resolution,
+        "seed": seed,
+        "dtype": dtype,
+        "checkpoint_every": checkpoint_every,
+        "templates": tuple(templates) if templates else None,
+        "flip": flip,
+        "lock_keys": lock_keys,
+    }
     config = pr.TrainingConfig(
         token=token,
         superclass=superclass,
-        steps=steps,
-        batch=batch,
-        accumulate=accumulate,
-        lr_values=lr_values,
-        lr_embedding=lr_embedding,
-        beta=beta,
-        tau=tau,
-        resolution=resolution,
-        seed=seed,
-        dtype=dtype,
-        checkpoint_every=checkpoint_every,
-        templates=tuple(templates) if templates else pr.DEFAULT_TEMPLATES,
-        flip=flip,
-        lock_keys=lock_keys,
+        **{field: value for field, value in given.items() if value is not None},
     )
     reports: list[Any] = []
     with output.progress_bar("training", TextColumn("loss {task.fields[loss]}")) as progress:
-        task = progress.add_task("training", total=steps, loss="…")
+        task = progress.add_task("training", total=config.steps, loss="…")
 
         def report(step: pr.TrainingProgress) -> None:
             reports.append(step)
@@ -242,7 +259,7 @@ def train(
         "token": concept.token,
         "superclass": concept.superclass,
         "steps": summary["steps"],
-        "resumed_from": steps - len(reports),
+        "resumed_from": config.steps - len(reports),
         "images": summary["images"],
         "final_loss": summary["final_loss"],
         "seconds": round(time.perf_counter() - started, 3),
@@ -262,6 +279,33 @@ def train(
     output.emit(payload, render)
 
 
+class _TrainCommand(TyperCommand):
+    """``pfx train``: its help shows :class:`perfusion_runtime.TrainingConfig`'s defaults for the
+    options that default to None (and so to the config), where the runtime is installed."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Render the help with the config's defaults in place of None, then put None back."""
+        defaults = _config_defaults()
+        shown = [param for param in self.params if param.name in defaults and param.show_default]
+        try:
+            for param in shown:
+                param.default = defaults[param.name]
+            super().format_help(ctx, formatter)
+        finally:
+            for param in shown:
+                param.default = None
+
+
+def _config_defaults() -> dict[str | None, object]:
+    """``TrainingConfig``'s defaults by field name; none when the runtime is not installed
+    (only ``--help`` imports it here)."""
+    try:
+        import perfusion_runtime as pr
+    except ImportError:
+        return {}
+    return {field.name: field.default for field in dataclasses.fields(pr.TrainingConfig)}
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train`` to ``app``."""
-    app.command()(train)
+    app.command(cls=_TrainCommand)(train)
