@@ -15,7 +15,7 @@ from concept_factory import build_concept
 from registry_server import Account, RegistryServer, Reply, error_reply, scripted, unique_name
 
 import perfusion_format as pf
-import pfx.client
+import pfx.http
 from pfx import __version__
 from pfx.client import Client, Policy, UploadedBlob, WhoAmI
 from pfx.errors import ClientError, ErrorCode, RegistryError
@@ -300,7 +300,7 @@ def test_answers_that_break_the_protocol(reply: Reply, complaint: str) -> None:
 def test_an_oversized_answer_is_refused_before_it_fills_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pfx.client, "MAX_ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(pfx.http, "MAX_ANSWER_BYTES", 1 << 20)
     huge = Reply(200, b"x" * ((1 << 20) + 1), {"Content-Type": "application/octet-stream"})
     fits = Reply(200, b"y" * (1 << 20), {"Content-Type": "application/octet-stream"})
     with scripted(fits, huge) as server, Client(server.url, retries=0) as client:

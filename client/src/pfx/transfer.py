@@ -31,7 +31,9 @@ from pfx.reference import Reference, parse_reference
 from pfx.trust import TrustDecision, TrustPolicy, require_trusted
 
 if TYPE_CHECKING:  # httpx loads only when a registry is contacted: cached pulls never need it
-    from pfx.client import Client, Progress, PublishedVersion
+    from pfx.client import Client
+    from pfx.http import Progress
+    from pfx.results import PublishedVersion
 
 __all__ = ["PullResult", "PushResult", "connect", "pull", "push"]
 
