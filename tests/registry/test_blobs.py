@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from backends import S3Server, start_postgres, stop_postgres
 
-from pfx_registry.blobs import UNAVAILABLE, BlobStore, FolderBlobStore, S3BlobStore, check_digest
+from perfusion_format import check_digest
+from pfx_registry.blobs import UNAVAILABLE, BlobStore, FolderBlobStore, S3BlobStore
 from pfx_registry.errors import BackendUnavailable
 
 SIZES = [0, 1, 256 * 1024 + 3, 4 * 1024 * 1024]

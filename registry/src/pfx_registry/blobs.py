@@ -22,32 +22,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Protocol
 
+from perfusion_format import check_digest, is_digest, write_atomic
+
 from .errors import BackendUnavailable
 
-__all__ = ["UNAVAILABLE", "BlobStore", "FolderBlobStore", "S3BlobStore", "check_digest"]
+__all__ = ["UNAVAILABLE", "BlobStore", "FolderBlobStore", "S3BlobStore"]
 
 #: The message of every :class:`BackendUnavailable` a blob store raises (it reaches anonymous
 #: clients as a 503, so it names no endpoint, bucket, key or path).
 UNAVAILABLE = "the blob store is unavailable"
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 logger = logging.getLogger("pfx_registry")
-
-
-def check_digest(digest: str) -> str:
-    """Return the hex part of ``sha256:<64 lowercase hex>``; ValueError for anything else."""
-    match = _DIGEST.fullmatch(digest)
-    if match is None:
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return match.group(1)
 
 
 def _unavailable(cause: str) -> BackendUnavailable:
@@ -55,20 +46,6 @@ def _unavailable(cause: str) -> BackendUnavailable:
     generic error to raise for the client."""
     logger.warning("%s: %s", UNAVAILABLE, cause)
     return BackendUnavailable(UNAVAILABLE)
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a rename into ``path`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class BlobStore(Protocol):
@@ -130,17 +107,7 @@ class FolderBlobStore:
         if target.exists():
             return
         target.parent.mkdir(exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=self._uploads)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_directory(target.parent)
+        write_atomic(target, data, folder=self._uploads)
 
     def read(self, digest: str) -> bytes:
         return self._path(digest).read_bytes()
@@ -150,7 +117,7 @@ class FolderBlobStore:
 
     def digests(self) -> Iterator[str]:
         for path in sorted(self._blobs.glob("*/*")):
-            if _DIGEST.fullmatch(f"sha256:{path.name}"):
+            if is_digest(f"sha256:{path.name}"):
                 yield f"sha256:{path.name}"
 
     def stored_at(self, digest: str) -> datetime | None:
@@ -252,7 +219,7 @@ class S3BlobStore:
             page = self._call("list_objects_v2", Prefix=f"{self.prefix}blobs/sha256/", **extra)
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
-                if _DIGEST.fullmatch(f"sha256:{name}"):
+                if is_digest(f"sha256:{name}"):
                     yield f"sha256:{name}"
             if not page.get("IsTruncated"):
                 return

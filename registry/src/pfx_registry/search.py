@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+import perfusion_format as pf
+
 from .db import accounts, concept_files, metadata, repositories, versions
 from .errors import ApiError, Code
 
@@ -218,7 +220,7 @@ _MAX_KEY = 2**63 - 1
 #: as printable text): a family, a namespace name, a signer's key id.
 _FILTERS = {
     "family": re.compile(r"[a-z0-9][a-z0-9._-]{0,15}"),
-    "namespace": re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"),
+    "namespace": pf.NAME,
     "signer": re.compile(r"ed25519:[0-9a-f]{32}"),
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from fastapi import Request, Response
@@ -79,7 +78,7 @@ async def put_blob(
     if caller.scope == "read":
         raise ApiError(403, Code.FORBIDDEN, "uploading needs a token with write scope")
     data = await request.body()  # bounded to max_concept_bytes by RequestAccounting (413)
-    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    actual = pf.content_digest(data)
     if actual != digest:
         raise ApiError(400, Code.DIGEST_INVALID, f"the body's digest is {actual}, not {digest}")
     concept = pf.loads(data)  # FormatError → 422 with the format's code

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from perfusion_format import check_digest
 from pfx_registry.auth import Caller
-from pfx_registry.blobs import check_digest
 from pfx_registry.errors import ApiError, BackendUnavailable, Code
 from pfx_registry.state import Registry, caller_of, note_caller
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
+import perfusion_format as pf
 from pfx_registry.errors import ApiError, Code
 from pfx_registry.service import access, concepts
 from pfx_registry.state import CallerDep, RegistryDep, run_write, transaction
@@ -60,7 +60,7 @@ async def add_preview(
     media_type = image_type(data)
     if media_type is None:
         raise ApiError(415, Code.UNSUPPORTED_MEDIA, "previews are PNG, JPEG or WebP images")
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = pf.content_digest(data)
 
     def may_attach() -> None:
         with transaction(registry) as connection:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, or_, select, true
 
+import perfusion_format as pf
 from pfx_registry.auth import Caller, at_least, role_in
 from pfx_registry.db import (
     accounts,
@@ -26,12 +27,11 @@ from pfx_registry.db import (
 )
 from pfx_registry.errors import ApiError, Code, not_found
 
-#: Namespaces and repositories (spec/registry-api.md §3).
-NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
-#: Versions and tags.
-REFERENCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-#: Blob digests.
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: Namespaces and repositories, versions and tags (spec/registry-api.md §3), blob digests: the
+#: grammars the client uses too.
+NAME = pf.NAME
+REFERENCE = pf.TAG
+DIGEST = pf.DIGEST
 #: Repository labels.
 LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 
