@@ -34,7 +34,7 @@ demo: install
 # The toy world (bench/toyworld): world, instrument, base model, concepts, measurements; cached
 # under .toyworld/ so a second run only re-measures (first run about 45 minutes on 2 CPUs).
 toyworld: install
-	$(PY) bench/toyworld/run.py
+	$(PY) -m bench.toyworld.run
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -45,14 +45,14 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) bench/format.py
-	$(PY) bench/runtime.py
-	$(PY) bench/training.py
-	$(PY) bench/client.py
+	$(PY) -m bench.format
+	$(PY) -m bench.runtime
+	$(PY) -m bench.training
+	$(PY) -m bench.client
 
 # Needs wrk, nginx and pypiserver (see bench/registry.py); about 10 minutes.
 bench-registry: install
-	$(PY) bench/registry.py
+	$(PY) -m bench.registry
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -6,7 +6,7 @@ of a cold ``pfx pull`` (empty cache: resolve, download, verify digest and signat
 local registry beside ``curl`` of the same file URL. Every command is a fresh process, run
 ``--runs`` times with the kinds interleaved so that machine noise hits them alike.
 
-    python bench/client.py [--runs 21]
+    python -m bench.client [--runs 21]
 
 Needs curl; starts ``pfx-registry serve`` on embedded defaults (folder + SQLite) on a free
 loopback port and removes everything it made at the end.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -28,18 +29,18 @@ from pathlib import Path
 import perfusion_format as pf
 from pfx.client import Client
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from registry import (  # the registry bench's helpers, same folder
+from .common import (
     Processes,
     concept_bytes,
-    emit,
+    cpu_model,
     fmt,
     free_port,
     load_average,
+    machine_line,
     package_version,
     percentile,
+    print_table,
     progress,
-    table,
 )
 
 BIN = Path(sys.executable).parent
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     curl = shutil.which("curl")
     if curl is None:
-        print("bench/client.py needs curl (apt-get install -y curl)", file=sys.stderr)
+        print("bench.client needs curl (apt-get install -y curl)", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="pfx-bench-client-"))
     processes = Processes(root)
@@ -159,14 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for name, values in times.items()
         ]
-        print(
-            f"\nmachine: {os.cpu_count()} CPUs · python {sys.version.split()[0]} · "
-            f"httpx {package_version('httpx')} · huggingface_hub "
-            f"{package_version('huggingface_hub')} · load average {load_average()}"
-        )
-        emit(
+        machine = {
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+            "python": platform.python_version(),
+            "httpx": package_version("httpx"),
+            "huggingface_hub": package_version("huggingface_hub"),
+            "load average": load_average(),
+        }
+        print("\n" + machine_line(machine))
+        print_table(
             f"Wall time per command, fresh process each run ({arguments.runs} runs, ms)",
-            table(("command", "median", "p10", "p90"), rows),
+            ("command", "median", "p10", "p90"),
+            rows,
         )
         median = {name: statistics.median(values) for name, values in times.items()}
         targets = [
@@ -177,15 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             ("cold pull / curl", median[COLD_PULL] / median[CURL], COLD_VS_CURL),
         ]
-        emit(
+        print_table(
             "The issue's targets (ratios of medians)",
-            table(
-                ("ratio", "measured", "goal", ""),
-                [
-                    (what, f"{ratio:.2f}×", f"≤ {goal}×", "met" if ratio <= goal else "MISSED")
-                    for what, ratio, goal in targets
-                ],
-            ),
+            ("ratio", "measured", "goal", ""),
+            [
+                (what, f"{ratio:.2f}×", f"≤ {goal}×", "met" if ratio <= goal else "MISSED")
+                for what, ratio, goal in targets
+            ],
         )
     finally:
         processes.stop_all()

@@ -1,20 +1,18 @@
 """Benchmark the concept file format: sizes per family and dtype, sizes beside other methods, and
 the time to load, validate and verify a file. Prints markdown tables (``--json``: the numbers).
 
-    python bench/format.py [--rounds N] [--json]
+    python -m bench.format [--rounds N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import time
 from collections.abc import Callable
 from hashlib import sha256
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +21,22 @@ import safetensors.numpy
 
 import perfusion_format as pf
 
+from .common import cpu_model, machine_line, print_table
+
 FAMILIES = ("sd-1", "sd-2", "sdxl")
 DTYPES: tuple[pf.DType, ...] = ("F32", "F16", "BF16")
 #: Table 1's fields in column order ("explicit": bytes with explicit key targets; "target": KiB).
 SIZE_FIELDS = ("family", "dtype", "bytes", "kib", "header", "tensors", "explicit", "target", "met")
+SIZE_HEADERS = (
+    "family",
+    "dtype",
+    "file bytes",
+    "KiB",
+    "header B",
+    "tensor B",
+    "explicit keys",
+    "target (met?)",
+)
 #: The issue's size targets, in KiB (1024 bytes), for whole files with full metadata.
 TARGETS_KIB = {("sd-1", "F32"): 68, ("sd-1", "F16"): 36, ("sdxl", "F16"): 200}
 #: Published UNet parameter counts (diffusers configs of SD 1.5, SD 2.1 and SDXL 1.0 base).
@@ -175,13 +185,9 @@ def timings(family: str, rounds: int) -> dict[str, dict[str, float]]:
 
 
 def machine() -> dict[str, str]:
-    """Where the numbers were taken (the CPU model from /proc/cpuinfo where there is one)."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-        cpu = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    """Where the numbers were taken."""
     return {
-        "machine": f"{platform.machine()} {cpu or '?'}, {os.cpu_count()} CPUs",
+        "machine": f"{platform.machine()} {cpu_model()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "numpy": np.__version__,
         "safetensors": safetensors.__version__,
@@ -202,20 +208,21 @@ def main() -> None:
         everything = {"machine": machine(), "sizes": table1, "others": table2, "load": table3}
         print(json.dumps(everything, indent=2))
         return
-    print(" · ".join(f"{key} {value}" for key, value in machine().items()))
-    table(
+    print(machine_line(machine()))
+    print_table(
         "File size per family and dtype, whole file with full metadata and one signature",
-        "family | dtype | file bytes | KiB | header B | tensor B | explicit keys | target (met?)",
+        SIZE_HEADERS,
         [
             (*[r[k] for k in SIZE_FIELDS[:7]], TARGET_TEXT[r["met"]].format(r["target"]))
             for r in table1
         ],
         left=2,
     )
-    table(
+    print_table(
         "Beside other personalisation methods (bytes per concept; × Perfusion fp16)",
-        "method | " + " | ".join(FAMILIES),
+        ("method", *FAMILIES),
         [(r["method"], *(cell(r["bytes"][f], f16[f]) for f in FAMILIES)) for r in table2],
+        left=1,
     )
     custom = next(r for r in table2 if r["method"].startswith("Custom"))["bytes"]["sd-1"]
     print(
@@ -228,28 +235,21 @@ def main() -> None:
         " 2,567,463,684) · 2 B. Perfusion: measured in the table above."
     )
     for family, rows in table3.items():
-        table(
+        print_table(
             f"Load + validate + verify, one {family} fp16 file ({rows['loads']['bytes']:,} B)"
             f" with one signature, {args.rounds:,} interleaved rounds",
-            "case | median µs | p90 µs | × bare safetensors",
+            ("case", "median µs", "p90 µs", "× bare safetensors"),
             [
                 (k, f"{t['median_us']:,.1f}", f"{t['p90_us']:,.1f}", f"{t['ratio']:.2f}")
                 for k, t in rows.items()
             ],
+            left=1,
         )
 
 
 def cell(size: float, perfusion: float) -> str:
     """A size in human units with its ratio to Perfusion's."""
     return f"{human(size)} (×{size / perfusion:,.1f})"
-
-
-def table(title: str, header: str, rows: list[tuple[object, ...]], left: int = 1) -> None:
-    """Print a markdown table under a heading: ``left`` columns left-aligned, the others right."""
-    rule = "---|" * left + "--:|" * (header.count("|") + 1 - left)
-    print(f"\n### {title}\n\n| {header} |\n|{rule}")
-    for row in rows:
-        print("| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |")
 
 
 if __name__ == "__main__":

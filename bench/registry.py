@@ -6,7 +6,7 @@ beside nginx serving the same file statically, pypiserver serving a package file
 and bare FastAPI apps (constant JSON, FileResponse, bytes from memory); publish throughput; search
 latency at 100,000 indexed concepts; and the issue's targets beside the numbers.
 
-    python bench/registry.py [--quick] [--duration S] [--only SECTION ...]
+    python -m bench.registry [--quick] [--duration S] [--only SECTION ...]
 
 Sections: embedded, s3, baselines, publish, search. Every server is a subprocess on a free
 127.0.0.1 port; each is stopped and every temporary folder removed at the end, on Ctrl-C too.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import importlib.util
 import math
 import os
@@ -45,11 +44,25 @@ from types import FrameType
 from typing import Any
 
 import httpx
-import numpy as np
 
 import perfusion_format as pf
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import (
+    REPO,
+    Processes,
+    concept_bytes,
+    cpu_model,
+    fmt,
+    free_port,
+    load_average,
+    markdown_table,
+    package_version,
+    percentile,
+    print_section,
+    print_table,
+    progress,
+)
+
 POSTGRES_SCRIPT = REPO / ".ci" / "postgres"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 BIN = Path(sys.executable).parent
@@ -136,45 +149,6 @@ http {{
 """
 
 
-def progress(message: str) -> None:
-    """Say what is happening (stderr, so stdout holds only the tables)."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def emit(title: str, body: str) -> None:
-    """Print one section's table to stdout."""
-    print(f"\n### {title}\n\n{body}", flush=True)
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    """A number for a table cell; ``—`` for none."""
-    if value is None or math.isnan(value):
-        return "—"
-    return f"{value:,.{digits}f}"
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 # -- tools and the machine -------------------------------------------------------------------
 
 
@@ -218,27 +192,13 @@ def command_output(argv: Sequence[str]) -> str:
     return text.splitlines()[0] if text else "—"
 
 
-def package_version(name: str) -> str:
-    """An installed distribution's version, or ``—``."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "—"
-
-
 def machine_table() -> str:
     """The machine and the versions of everything measured."""
-    cpu = "—"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     wrk = command_output(["wrk", "-v"])
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     rows = [
-        ("CPU", f"{os.cpu_count()} × {cpu}"),
+        ("CPU", f"{os.cpu_count()} × {cpu_model()}"),
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", platform.python_version()),
         ("wrk", wrk.split(" [")[0] if wrk != "—" else wrk),
@@ -250,74 +210,10 @@ def machine_table() -> str:
         ("PostgreSQL", command_output([str(PG_BIN / "postgres"), "--version"])),
         ("moto / boto3", f"{package_version('moto')} / {package_version('boto3')}"),
     ]
-    return table(("", "version"), rows)
+    return markdown_table(("", "version"), rows)
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-class Processes:
-    """Subprocesses with their output in log files; all stopped by :meth:`stop_all`."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self._running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in its own session (Ctrl-C reaches only the bench, which stops it)."""
-        with open(self.logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                list(argv),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self._running.append((name, process))
-        return process
-
-    def log(self, name: str, lines: int = 20) -> str:
-        """The last lines a process wrote."""
-        path = self.logs / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_http(
-        self, name: str, process: subprocess.Popen[bytes], url: str, timeout: float = 60
-    ) -> None:
-        """Wait until ``url`` answers (any status); RuntimeError if the process dies first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited ({process.returncode}):\n{self.log(name)}")
-            try:
-                httpx.get(url, timeout=2, trust_env=False)
-                return
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{name} did not answer on {url}:\n{self.log(name)}"
-                    ) from None
-                time.sleep(0.1)
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        """Terminate one process (kill after 10 s)."""
-        self._running = [(n, p) for n, p in self._running if p is not process]
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def stop_all(self) -> None:
-        """Terminate every process still running, newest first."""
-        for _, process in reversed(list(self._running)):
-            self.stop(process)
 
 
 # -- wrk -------------------------------------------------------------------------------------
@@ -397,32 +293,6 @@ class Series:
 
 
 # -- concepts --------------------------------------------------------------------------------
-
-
-def concept_bytes(
-    seed: int, dtype: pf.DType = "F32", name: str = "Teddy", family: str = "sd-1"
-) -> bytes:
-    """A valid unsigned concept file (as tests/conftest.py's build_concept makes them)."""
-    spec = pf.get_family(family)
-    assert spec.text_dim is not None
-    rng = np.random.default_rng(seed)
-    target = rng.standard_normal(spec.text_dim)
-    concept = pf.create_concept(
-        name=name,
-        token="<teddy>",
-        superclass="teddy",
-        family=family,
-        base_fingerprint="sha256:" + "0" * 64,
-        embeddings={encoder: rng.standard_normal((1, w)) for encoder, w in spec.text_encoders},
-        target_input=target,
-        gate_direction=target * 0.5,
-        superclass_input=rng.standard_normal(spec.text_dim),
-        value_targets={path: rng.standard_normal(w) for path, w in spec.layers or ()},
-        dtype=dtype,
-        created="2026-11-25T12:00:00Z",
-        description="A worn brown teddy bear with a red bow.",
-    )
-    return pf.dumps(concept)
 
 
 def push(
@@ -512,7 +382,7 @@ class Bench:
                     )
                 )
         headers = ("server", "endpoint", "response", "conns", "req/s", "p50 ms", "p99 ms", "errors")
-        emit(title, table(headers, rows))
+        print_table(title, headers, rows)
 
     # -- the registry
 
@@ -782,9 +652,10 @@ class Bench:
         finally:
             self.processes.stop(process)
         headers = ("clients", "file", "pushes", "pushes/s", "p50 ms", "p99 ms", "errors")
-        emit(
+        print_table(
             "Publish throughput, folder + SQLite (PUT blob + PUT version per push, httpx)",
-            table(headers, rows),
+            headers,
+            rows,
         )
 
     # -- search
@@ -839,10 +710,11 @@ class Bench:
         finally:
             self.processes.stop(process)
         headers = ("query", "params", "results", "requests", "p50 ms", "p99 ms", "p50 ≤ 10 ms")
-        emit(
+        print_table(
             f"Search latency at {self.search_rows:,} indexed concepts "
             "(SQLite, anonymous, sequential httpx)",
-            table(headers, rows),
+            headers,
+            rows,
         )
 
     # -- targets
@@ -919,7 +791,7 @@ class Bench:
                 "goal",
                 "",
             )
-            emit("The issue's targets", table(headers, rows))
+            print_table("The issue's targets", headers, rows)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -1063,11 +935,6 @@ def populate_index(data: Path, count: int, seed: int = 7) -> dict[str, int]:
 # -- main ------------------------------------------------------------------------------------
 
 
-def load_average() -> str:
-    """The 1, 5 and 15-minute load averages (other work on the machine skews every number)."""
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1099,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = arguments.duration or (2.0 if arguments.quick else 5.0)
     missing = missing_tools(sections)
     if missing:
-        print("bench/registry.py: missing tools: " + ", ".join(missing), file=sys.stderr)
+        print("bench.registry: missing tools: " + ", ".join(missing), file=sys.stderr)
         for tool in missing:
             print(f"  {tool}: {INSTALL[tool]}", file=sys.stderr)
         return 2
@@ -1131,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     subprocess.SubprocessError,
                 ) as error:
                     failed.append(section)
-                    emit(f"Section {section} FAILED", f"```\n{error}\n```")
+                    print_section(f"Section {section} FAILED", f"```\n{error}\n```")
             bench.targets()
         except KeyboardInterrupt:
             progress("interrupted; cleaning up")

@@ -2,30 +2,27 @@
 apply/remove time beside textual inversion and LoRA loading, the per-step cost of applied
 concepts, and the memory an applied concept holds. Prints markdown tables (``--json``: numbers).
 
-    python bench/runtime.py [--quick] [--json] [--device cuda --dtype fp16]
+    python -m bench.runtime [--quick] [--json] [--device cuda --dtype fp16]
 
 The pipeline has SD 1.5's UNet (859,520,964 parameters) and a CLIP text encoder of SD 1.5's
 width and vocabulary (49,408 × 768 token table; ``--text-layers`` of its 12 layers), a byte-level
 BPE CLIP tokenizer with a synthetic vocabulary of CLIP's size and as many merges as CLIP
-(48,894), a small VAE and a PNDM scheduler. Nothing is downloaded.
+(48,894; laid out by ``tests/tiny_pipelines.py``, as the test pipelines' tokenizers are), a small
+VAE and a PNDM scheduler. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
 import os
 import platform
 import random
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -39,19 +36,19 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 import perfusion_format as pf
 import perfusion_runtime as pr
+from tests.tiny_pipelines import END_OF_WORD, MODEL_MAX_LENGTH, bytes_to_unicode, clip_tokenizer
+
+from .common import command, cpu_model, machine_line, print_table
 
 #: Concept counts every table measures.
 COUNTS = (1, 4, 16)
 #: CLIP's vocabulary: 256 byte characters, the same with ``</w>``, 48,894 merges, 2 specials.
 VOCAB_SIZE = 49_408
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-END_OF_WORD = "</w>"
-MAX_LENGTH = 77
+MERGES = VOCAB_SIZE - 2 * 256 - 2
 TEXT_DIM = 768
 LORA_RANK = 4
 #: Latent side for the UNet and the attn2 micro-benchmark (512 px images).
@@ -76,58 +73,34 @@ Action = Callable[[], Any]
 # --------------------------------------------------------------------------------------------
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters (CLIP's too)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in mapping:
-            mapping[byte] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-def synthetic_bpe(seed: int = 0) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP-sized byte-level BPE: vocabulary and merges in CLIP's layout.
-
-    Byte characters, the same with ``</w>``, then one filler token per merge, then
-    ``<|startoftext|>`` and ``<|endoftext|>``: 49,408 tokens and 48,894 merges, as CLIP's. Each
-    merge joins an existing word-start token (letters, no ``</w>``, up to 10 letters) with one
-    letter, with or without ``</w>``, into a token not seen before.
+def synthetic_merges(seed: int = 0) -> list[tuple[str, str]]:
+    """The merges of a CLIP-sized byte-level BPE: as many as CLIP's (48,894), so that with the
+    byte characters, the same with ``</w>`` and the two special tokens the vocabulary has CLIP's
+    49,408 tokens. Each merge joins an existing word-start token (letters, no ``</w>``, up to 10
+    letters) with one letter, with or without ``</w>``, into a token not seen before.
     """
     alphabet = list(bytes_to_unicode().values())
-    tokens = [*alphabet, *(char + END_OF_WORD for char in alphabet)]
-    seen = set(tokens)
+    seen = {*alphabet, *(char + END_OF_WORD for char in alphabet)}
     rng = random.Random(seed)
     letters = [chr(code) for code in range(ord("a"), ord("z") + 1)]
     starts = list(letters)
     merges: list[tuple[str, str]] = []
-    while len(tokens) < VOCAB_SIZE - 2:
+    while len(merges) < MERGES:
         left = rng.choice(starts)
         right = rng.choice(letters) + (END_OF_WORD if rng.random() < 0.5 else "")
         joined = left + right
         if len(left) > 10 or joined in seen:
             continue
         seen.add(joined)
-        tokens.append(joined)
         merges.append((left, right))
         if not joined.endswith(END_OF_WORD):
             starts.append(joined)
-    vocab = {token: index for index, token in enumerate(tokens)}
-    vocab[BOS_TOKEN] = len(vocab)
-    vocab[EOS_TOKEN] = len(vocab)
-    return vocab, merges
+    return merges
 
 
 def build_pipeline(text_layers: int, seed: int = 0) -> StableDiffusionPipeline:
     """SD 1.5's UNet and text-encoder shapes with random weights, fp32 on the CPU, eval mode."""
-    vocab, merges = synthetic_bpe(seed)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+    tokenizer = clip_tokenizer(synthetic_merges(seed))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=LATENT_SIDE,
@@ -147,7 +120,7 @@ def build_pipeline(text_layers: int, seed: int = 0) -> StableDiffusionPipeline:
             intermediate_size=3072,
             num_hidden_layers=text_layers,
             num_attention_heads=12,
-            max_position_embeddings=MAX_LENGTH,
+            max_position_embeddings=MODEL_MAX_LENGTH,
             projection_dim=TEXT_DIM,
             hidden_act="quick_gelu",
             bos_token_id=tokenizer.bos_token_id,
@@ -425,7 +398,7 @@ def unet_step(pipe: Any, concepts: list[pf.Concept], rounds: int) -> dict[str, A
     generator = torch.Generator().manual_seed(3)
     where = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
     latents = torch.randn(BATCH, 4, LATENT_SIDE, LATENT_SIDE, generator=generator).to(**where)
-    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
+    text = torch.randn(BATCH, MODEL_MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
     timestep = torch.tensor(500, device=pipe.unet.device)
     lora = lora_state_dict(pipe.unet)
 
@@ -480,7 +453,7 @@ def attn2_micro(pipe: Any, concepts: list[pf.Concept], rounds: int, repeats: int
     modules = {path: pipe.unet.get_submodule(path) for path, _ in layout.layers}
     generator = torch.Generator().manual_seed(4)
     where = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
-    text = torch.randn(BATCH, MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
+    text = torch.randn(BATCH, MODEL_MAX_LENGTH, TEXT_DIM, generator=generator).to(**where)
     tokens = {320: 4096, 640: 1024, 1280: 256}
     inputs = {
         path: torch.randn(
@@ -609,16 +582,12 @@ def memory(pipe: Any, concepts: list[pf.Concept], concepts_f32: list[pf.Concept]
 
 def machine() -> dict[str, str]:
     """Where the numbers were taken (the GPU too, once CUDA is in use)."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-        cpu = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
     gpu = {}
     if torch.cuda.is_initialized():
         gpu = {"gpu": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"}
     return {
         "platform": platform.platform(),
-        "cpu": f"{cpu or '?'}, {os.cpu_count()} CPUs",
+        "cpu": f"{cpu_model()}, {os.cpu_count()} CPUs",
         **gpu,
         "python": platform.python_version(),
         "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
@@ -626,24 +595,6 @@ def machine() -> dict[str, str]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
-
-
-def command() -> str:
-    """The command line this run was started with."""
-    executable = sys.executable
-    with contextlib.suppress(ValueError):
-        relative = os.path.relpath(executable)
-        if not relative.startswith(".."):
-            executable = relative
-    return shlex.join([executable, *sys.argv])
-
-
-def table(title: str, header: str, rows: list[tuple[object, ...]], left: int = 1) -> None:
-    """Print a markdown table under a heading: ``left`` columns left-aligned, the others right."""
-    rule = "---|" * left + "--:|" * (header.count("|") + 1 - left)
-    print(f"\n### {title}\n\n| {header} |\n|{rule}")
-    for row in rows:
-        print("| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |")
 
 
 def verdict(ok: bool) -> str:
@@ -654,7 +605,7 @@ def verdict(ok: bool) -> str:
 def report(results: dict[str, Any]) -> None:
     """Print the markdown tables."""
     print(f"`{results['command']}`\n")
-    print(" · ".join(f"{key} {value}" for key, value in results["machine"].items()))
+    print(machine_line(results["machine"]))
     print(
         f"\nPipeline: SD 1.5 UNet ({results['unet_parameters']:,} parameters,"
         f" {results['dtype']} on {results['device']}),"
@@ -667,11 +618,17 @@ def report(results: dict[str, Any]) -> None:
     t1 = results["apply"]
     rows1 = t1["rows"]
     one = rows1[0]
-    table(
+    print_table(
         f"Apply and remove (ms, median of {t1['rounds']} interleaved rounds; cold = first call"
         " in this process)",
-        "method | apply ms | remove ms | cold apply ms | Perfusion (1) faster: apply"
-        " | apply + remove",
+        (
+            "method",
+            "apply ms",
+            "remove ms",
+            "cold apply ms",
+            "Perfusion (1) faster: apply",
+            "apply + remove",
+        ),
         [
             (
                 r["method"],
@@ -683,6 +640,7 @@ def report(results: dict[str, Any]) -> None:
             )
             for r in rows1
         ],
+        left=1,
     )
     fresh = t1["perfusion_1_fresh_ms"]
     ti = next(r for r in rows1 if r["method"].startswith("Textual"))
@@ -716,18 +674,18 @@ def report(results: dict[str, Any]) -> None:
         (
             "unet",
             f"UNet forward per step (batch {BATCH}, {LATENT_SIDE}×{LATENT_SIDE} latents,"
-            f" {MAX_LENGTH} tokens, {results['dtype']}, {results['device']}, no_grad)",
+            f" {MODEL_MAX_LENGTH} tokens, {results['dtype']}, {results['device']}, no_grad)",
         ),
         (
             "micro",
             "The 16 attn2 modules alone (SD 1.5 hidden states per resolution, batch"
-            f" {BATCH}, encoder states [{BATCH}, {MAX_LENGTH}, {TEXT_DIM}]), summed",
+            f" {BATCH}, encoder states [{BATCH}, {MODEL_MAX_LENGTH}, {TEXT_DIM}]), summed",
         ),
     ):
         t2 = results[key]
-        table(
+        print_table(
             f"{title}: {t2['rounds']} round-robin rounds",
-            "applied | median ms | × none (median of per-round ratios) | quartiles",
+            ("applied", "median ms", "× none (median of per-round ratios)", "quartiles"),
             [
                 (
                     names[name],
@@ -737,6 +695,7 @@ def report(results: dict[str, Any]) -> None:
                 )
                 for name, r in t2["rows"].items()
             ],
+            left=1,
         )
     print(
         "\nWhole-UNet ratios move by a few percent from round to round on a shared machine (see"
@@ -755,10 +714,18 @@ def report(results: dict[str, Any]) -> None:
     )
 
     t3 = results["memory"]
-    table(
+    print_table(
         "Memory an applied concept holds (`handle.nbytes / n`) beside its file",
-        "concepts | handle.nbytes | per concept | F16 file | F32 file | per concept ÷ F16 file"
-        f" | ≤ {TARGET_MEMORY_RATIO:g}× F16 | buffer bytes added to the base",
+        (
+            "concepts",
+            "handle.nbytes",
+            "per concept",
+            "F16 file",
+            "F32 file",
+            "per concept ÷ F16 file",
+            f"≤ {TARGET_MEMORY_RATIO:g}× F16",
+            "buffer bytes added to the base",
+        ),
         [
             (
                 r["concepts"],
@@ -772,6 +739,7 @@ def report(results: dict[str, Any]) -> None:
             )
             for r in t3["rows"]
         ],
+        left=1,
     )
     base = t3["base"]
     copied = not (t3["parameters_same"] and t3["buffers_kept"])
@@ -820,13 +788,12 @@ def main() -> None:
         raise SystemExit(f"the pipeline's layout is {layout.family!r}, not sd-1")
     concepts = make_concepts(pipe, max(COUNTS), "F16")
     concepts_f32 = make_concepts(pipe, max(COUNTS), "F32")
-    vocab_merges = len(synthetic_bpe()[1])
     results: dict[str, Any] = {
         "command": command(),
         "machine": machine(),
         "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
         "text_layers": args.text_layers,
-        "merges": vocab_merges,
+        "merges": MERGES,
         "build_s": build_s,
         "family": layout.family,
         "device": args.device,

@@ -2,10 +2,10 @@
 per optimizer step and peak memory, for the tiny test pipelines and an SD-1.5-shaped pipeline
 with random weights. Prints a markdown table (``--json``: the numbers).
 
-    python bench/training.py [--quick] [--json] [--device cuda [--precision bf16]]
+    python -m bench.training [--quick] [--json] [--device cuda [--precision bf16]]
 
 Each case runs in a process of its own, so its peak resident memory (``ru_maxrss``) is its own.
-The SD-1.5-shaped pipeline is bench/runtime.py's: SD 1.5's UNet (859,520,964 parameters, fp32),
+The SD-1.5-shaped pipeline is ``bench.runtime``'s: SD 1.5's UNet (859,520,964 parameters, fp32),
 a 12-layer CLIP text encoder 768 wide (gradients reach the token embedding through all of it),
 and a small VAE that halves the image side, so 128 px images give the 64 × 64 latents SD 1.5
 has at 512 px — the UNet's cost per step is SD 1.5's at 512². Images are drawn here; the
@@ -34,15 +34,13 @@ import diffusers
 import torch
 import transformers
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
+import perfusion_runtime as pr
+from tests.tiny_pipelines import build_pipeline as tiny_pipeline
+from tests.training_images import draw_images
 
-from tiny_pipelines import build_pipeline as tiny_pipeline  # noqa: E402
-from training_images import draw_images  # noqa: E402
-
-import perfusion_runtime as pr  # noqa: E402
-from runtime import build_pipeline as sd15_pipeline  # noqa: E402
-from runtime import command, machine, table  # noqa: E402
+from .common import REPO, command, machine_line, print_table
+from .runtime import build_pipeline as sd15_pipeline
+from .runtime import machine
 
 #: name → (resolution, batch, accumulate, steps, quick steps)
 CASES: dict[str, tuple[int, int, int, int, int]] = {
@@ -133,7 +131,7 @@ def run_case(name: str, quick: bool, device: str, precision: str) -> dict[str, A
 def report(results: dict[str, Any]) -> None:
     """Print the markdown table."""
     print(f"`{results['command']}`\n")
-    print(" · ".join(f"{key} {value}" for key, value in results["machine"].items()))
+    print(machine_line(results["machine"]))
     rows = [
         (
             case["case"],
@@ -150,10 +148,20 @@ def report(results: dict[str, Any]) -> None:
         for case in results["cases"]
     ]
     precisions = ", ".join(sorted({case["precision"] for case in results["cases"]}))
-    table(
+    print_table(
         f"Training on {results['device']} ({precisions})",
-        "pipeline | images → latents | batch × accumulate | steps | step 1 s (with setup) "
-        "| s / step | s / image | RSS before, MiB | peak RSS, MiB | peak GPU memory, MiB",
+        (
+            "pipeline",
+            "images → latents",
+            "batch × accumulate",
+            "steps",
+            "step 1 s (with setup)",
+            "s / step",
+            "s / image",
+            "RSS before, MiB",
+            "peak RSS, MiB",
+            "peak GPU memory, MiB",
+        ),
         rows,
         left=3,
     )
@@ -182,9 +190,9 @@ def main() -> None:
     cases = []
     names = [*CASES, *(GPU_CASES if args.device.startswith("cuda") else ())]
     for name in names:
-        arguments = [sys.executable, __file__, "--case", name] + ["--quick"] * args.quick
+        arguments = [sys.executable, "-m", __spec__.name, "--case", name] + ["--quick"] * args.quick
         arguments += ["--device", args.device, "--precision", args.precision]
-        completed = subprocess.run(arguments, capture_output=True, text=True, check=True)
+        completed = subprocess.run(arguments, capture_output=True, text=True, check=True, cwd=REPO)
         cases.append(json.loads(completed.stdout.strip().splitlines()[-1]))
     results = {
         "command": command(),

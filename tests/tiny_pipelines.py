@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Literal
@@ -64,6 +64,8 @@ __all__ = [
     "build_clip_tokenizer",
     "build_pipeline",
     "bytes_to_unicode",
+    "clip_tokenizer",
+    "clip_vocabulary",
     "save_pipeline",
     "write_clip_tokenizer",
 ]
@@ -132,18 +134,14 @@ def _check_words(words: Iterable[str]) -> list[str]:
     return checked
 
 
-def _train_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a byte-level BPE under which every word of ``words`` is one token.
+def _train_bpe(words: list[str]) -> list[tuple[str, str]]:
+    """The merges of a byte-level BPE under which every word of ``words`` is one token.
 
     Classic BPE training on the word list (each word counted once): repeatedly merge the most
     frequent adjacent pair (ties broken by the pair's text) until every word is a single symbol.
     Applying the merges in rank order, as the tokenizer does, then rebuilds each word exactly.
-    The vocabulary follows CLIP's layout: byte characters, the same with ``</w>``, merge results,
-    then ``<|startoftext|>`` and ``<|endoftext|>`` last.
     """
     byte_chars = bytes_to_unicode()
-    alphabet = list(byte_chars.values())
-    tokens = [*alphabet, *(char + END_OF_WORD for char in alphabet)]
     pieces = [_symbols(word, byte_chars) for word in words]
     merges: list[tuple[str, str]] = []
     while True:
@@ -152,12 +150,8 @@ def _train_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]
             break
         best = min(counts, key=lambda pair: (-counts[pair], pair))
         merges.append(best)
-        tokens.append("".join(best))
         pieces = [_merge(piece, best) for piece in pieces]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    vocab[BOS_TOKEN] = len(vocab)
-    vocab[EOS_TOKEN] = len(vocab)
-    return vocab, merges
+    return merges
 
 
 def _merge(piece: list[str], pair: tuple[str, str]) -> list[str]:
@@ -174,10 +168,30 @@ def _merge(piece: list[str], pair: tuple[str, str]) -> list[str]:
     return merged
 
 
+def clip_vocabulary(merges: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """The vocabulary of a byte-level BPE with ``merges``, in CLIP's layout: the 256 byte
+    characters, the same with ``</w>``, each merge's result (in merge order, first occurrence),
+    then ``<|startoftext|>`` and ``<|endoftext|>``."""
+    alphabet = list(bytes_to_unicode().values())
+    tokens = [*alphabet, *(char + END_OF_WORD for char in alphabet)]
+    tokens += ["".join(pair) for pair in merges]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    vocab[BOS_TOKEN] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    return vocab
+
+
+def clip_tokenizer(merges: Sequence[tuple[str, str]]) -> CLIPTokenizer:
+    """A CLIP tokenizer (``model_max_length`` 77) for the byte-level BPE with ``merges``, its
+    vocabulary :func:`clip_vocabulary`'s."""
+    return CLIPTokenizer(
+        vocab=clip_vocabulary(merges), merges=list(merges), model_max_length=MODEL_MAX_LENGTH
+    )
+
+
 def build_clip_tokenizer(words: Iterable[str] = DEFAULT_WORDS) -> CLIPTokenizer:
     """The tokenizer :func:`write_clip_tokenizer` writes, built in memory."""
-    vocab, merges = _train_bpe(_check_words(words))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
+    return clip_tokenizer(_train_bpe(_check_words(words)))
 
 
 def write_clip_tokenizer(folder: Path, words: Iterable[str] = DEFAULT_WORDS) -> None:
@@ -189,7 +203,8 @@ def write_clip_tokenizer(folder: Path, words: Iterable[str] = DEFAULT_WORDS) -> 
     ``word</w>`` per word of ``words`` (lowercased; letters only) with the merges that build it,
     and ``<|startoftext|>``, ``<|endoftext|>``. ``model_max_length`` is 77.
     """
-    vocab, merges = _train_bpe(_check_words(words))
+    merges = _train_bpe(_check_words(words))
+    vocab = clip_vocabulary(merges)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     merges_text = "".join(f"{left} {right}\n" for left, right in merges)

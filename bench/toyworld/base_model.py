@@ -41,9 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tiny_pipelines import build_clip_tokenizer
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from tests.tiny_pipelines import build_clip_tokenizer
 
 from .instrument import Instrument, Progress, accuracy, to_tensor
 from .world import COLOURS, Sample, World

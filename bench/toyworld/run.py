@@ -1,6 +1,6 @@
 """The toy world of issue 7, stage by stage, each stage's artefacts cached under one folder.
 
-    python bench/toyworld/run.py [--cache .toyworld] [--profile full|tiny] [--until STAGE]
+    python -m bench.toyworld.run [--cache .toyworld] [--profile full|tiny] [--until STAGE]
                                  [--rebuild STAGE] [--threads N] [--base-minutes M]
                                  [--base-steps N]
 
@@ -27,15 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffusers
 import numpy as np
@@ -48,8 +44,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 import perfusion_format as pf
-from toyworld import REPO
-from toyworld.base_model import (
+from bench.common import REPO
+
+from .base_model import (
     CONTEXT,
     SCHEDULE,
     AutoencoderSettings,
@@ -60,8 +57,8 @@ from toyworld.base_model import (
     train_autoencoder,
     without_colours,
 )
-from toyworld.cache import Cache, StageResult, source_digest
-from toyworld.concepts import (
+from .cache import Cache, StageResult, source_digest
+from .concepts import (
     TEMPLATE,
     VARIANTS,
     ConceptSettings,
@@ -69,7 +66,7 @@ from toyworld.concepts import (
     train_concept,
     write_training_images,
 )
-from toyworld.instrument import (
+from .instrument import (
     Instrument,
     InstrumentSettings,
     Progress,
@@ -77,9 +74,9 @@ from toyworld.instrument import (
     to_tensor,
     train_instrument,
 )
-from toyworld.measure import MeasureSettings, measure
-from toyworld.report import figure, tables
-from toyworld.world import (
+from .measure import MeasureSettings, measure
+from .report import figure, tables
+from .world import (
     NOVEL_OBJECTS,
     Sample,
     World,

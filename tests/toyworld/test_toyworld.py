@@ -15,15 +15,18 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-sys.path.append(str(REPO / "bench"))
+if str(REPO) not in sys.path:  # the bench package, imported from the repository root
+    sys.path.append(str(REPO))
 
-from toyworld.base_model import without_colours
-from toyworld.cache import STAMP
-from toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
-from toyworld.instrument import Instrument, accuracy
-from toyworld.measure import ALIGNMENT, prompt
-from toyworld.run import PROFILES, STAGE_CODE, STAGES, Run, load_base, run
-from toyworld.world import (
+import perfusion_format as pf
+import perfusion_runtime as pr
+from bench.toyworld.base_model import without_colours
+from bench.toyworld.cache import STAMP
+from bench.toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
+from bench.toyworld.instrument import Instrument, accuracy
+from bench.toyworld.measure import ALIGNMENT, prompt
+from bench.toyworld.run import PROFILES, STAGE_CODE, STAGES, Run, load_base, run
+from bench.toyworld.world import (
     BACKGROUND_JITTER,
     COLOUR_JITTER,
     NOVEL_OBJECTS,
@@ -32,9 +35,6 @@ from toyworld.world import (
     halves,
     load_sample,
 )
-
-import perfusion_format as pf
-import perfusion_runtime as pr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
