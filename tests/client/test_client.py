@@ -36,6 +36,8 @@ def refused(code: str, status: int) -> Iterator[None]:
         yield
     assert (caught.value.code, caught.value.status) == (code, status), caught.value
     assert caught.value.message.startswith(f"registry answered {status}: ")
+    request_id = caught.value.request_id  # by which the registry's access log finds it
+    assert caught.value.message.endswith(f" (request {request_id})") == bool(request_id)
 
 
 @pytest.fixture
@@ -340,3 +342,15 @@ def test_redirected_downloads_do_not_send_the_token_elsewhere() -> None:
     assert registry.seen[0].path == f"/v1/blobs/sha256:{'0' * 64}"
     assert store.seen[0].path == "/bucket/blob?X-Amz-Signature=abc"
     assert "Authorization" not in store.seen[0].headers
+
+
+def test_registry_errors_name_the_request(registry_server: RegistryServer, alice: Account) -> None:
+    """A refusal by the real registry carries its X-Request-ID into the error message."""
+    with (
+        Client(registry_server.url, alice.token, retries=0) as client,
+        pytest.raises(RegistryError) as caught,
+    ):
+        client.resolve("alice", "nothing-here", "1")
+    assert caught.value.code == "NOT_FOUND"
+    request_id = caught.value.request_id
+    assert request_id and caught.value.message.endswith(f" (request {request_id})")

@@ -67,11 +67,14 @@ class ClientError(PerfusionError):
 
 class RegistryError(ClientError):
     """The registry refused a request: its error ``code`` (``NOT_FOUND``, ``VERSION_EXISTS``,
-    ``SIGNATURE_REQUIRED``, ``RATE_LIMITED``, … — spec/registry-api.md §6), the HTTP ``status``
-    and the registry's own message ``detail``. ``message`` reads
-    ``registry answered 404: concept alice/teddy not found``."""
+    ``SIGNATURE_REQUIRED``, ``RATE_LIMITED``, … — spec/registry-api.md §6), the HTTP ``status``,
+    the registry's own message ``detail`` and the answer's ``X-Request-ID`` (what the registry's
+    access log names the request by). ``message`` reads
+    ``registry answered 404: concept alice/teddy not found (request 5f0c…)``."""
 
-    def __init__(self, code: str, status: int, detail: str) -> None:
-        super().__init__(code, f"registry answered {status}: {detail}")
+    def __init__(self, code: str, status: int, detail: str, request_id: str | None = None) -> None:
+        where = f" (request {request_id})" if request_id else ""
+        super().__init__(code, f"registry answered {status}: {detail}{where}")
         self.status = status
         self.detail = detail
+        self.request_id = request_id

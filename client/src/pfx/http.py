@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, is_dataclass
@@ -75,6 +76,10 @@ _HEAD_CODES = {
 # -- parsing answers -----------------------------------------------------------------------------
 
 _Result = TypeVar("_Result")
+
+
+#: The request ids a registry answers with (``X-Request-ID``, spec/registry-api.md §8).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _protocol_error(message: str) -> ClientError:
@@ -332,13 +337,16 @@ class BaseClient:
                 f"registry answered {answer.status} to {answer.method} {answer.url.path}, "
                 "a redirect this endpoint does not make"
             )
+        request_id = answer.headers.get("x-request-id")
+        if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+            request_id = None  # only a short, plain id is worth showing
         if answer.method == "HEAD" and not answer.body and answer.status in _HEAD_CODES:
             detail = "an answer to HEAD carries no message"
-            return RegistryError(_HEAD_CODES[answer.status], answer.status, detail)
+            return RegistryError(_HEAD_CODES[answer.status], answer.status, detail, request_id)
         error = result_member(answer.json(), "error", dict, "error answer")
         code = result_member(error, "code", str, "error answer.error")
         detail = result_member(error, "message", str, "error answer.error")
-        return RegistryError(code, answer.status, detail[:_MAX_DETAIL])
+        return RegistryError(code, answer.status, detail[:_MAX_DETAIL], request_id)
 
     def _bytes(self, path: str, progress: Progress | None) -> bytes:
         """A blob's bytes from ``path``, following a 307 to a presigned URL without sending the

@@ -107,7 +107,7 @@ class FolderBlobStore:
         if target.exists():
             return
         target.parent.mkdir(exist_ok=True)
-        write_atomic(target, data, folder=self._uploads)
+        write_atomic(target, data, mode=0o600, folder=self._uploads)
 
     def read(self, digest: str) -> bytes:
         return self._path(digest).read_bytes()
