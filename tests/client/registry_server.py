@@ -114,8 +114,8 @@ def _run_registry(arguments: list[str], environment: dict[str, str], log: Path) 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     """Poll ``/readyz`` until it answers 200; fail with the server's output if the process
-    exits or 60 s pass."""
-    deadline = time.monotonic() + 60
+    exits or 120 s pass (a loaded 2-core machine starts slowly)."""
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"{url}/readyz", timeout=1.0, trust_env=False).status_code == 200:

@@ -38,7 +38,8 @@ def server(
     url = f"http://127.0.0.1:{port}"
     banner = ""
     try:
-        deadline = time.monotonic() + 30
+        # generous: worker processes import everything anew, on a loaded 2-core machine
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if httpx.get(f"{url}/healthz").status_code == 200:
@@ -46,7 +47,8 @@ def server(
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
+                process.kill()  # reading the output of a live process would block
+                output = process.communicate()[0]
                 pytest.fail(f"pfx-registry did not start:\n{output}")
             time.sleep(0.1)
         assert process.stdout is not None
