@@ -120,7 +120,8 @@ class TcpProxy:
             for key, _events in self._selector.select(0.05):
                 if key.fileobj is self._listener:
                     self._accept()
-                else:
+                elif key.fileobj.fileno() != -1:  # type: ignore[union-attr]
+                    # (-1: its partner ended earlier in this batch and closed both)
                     self._pipe(key.fileobj, key.data)  # type: ignore[arg-type]
 
     def _accept(self) -> None:
@@ -142,8 +143,9 @@ class TcpProxy:
         except OSError:
             pass
         for end in (source, destination):
-            self._selector.unregister(end)
-            end.close()
+            if end.fileno() != -1:
+                self._selector.unregister(end)
+                end.close()
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
