@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +24,7 @@ from test_api import World, concept_bytes, world  # noqa: F401 (the fixture)
 
 import perfusion_format as pf
 from pfx_registry.db import accounts
+from pfx_registry.service.access import RESERVED_NAMESPACES
 from pfx_registry.state import transaction
 
 
@@ -363,3 +367,33 @@ def test_a_failed_transaction_leaves_nothing_savepoints_included(world: World) -
         ghost = select(accounts).where(accounts.c.name == "ghost")
         assert connection.execute(ghost).first() is None
     _error(world.client.get("/v1/namespaces/ghost/keys"), 404)
+
+
+def test_reserved_and_malformed_namespace_names_are_refused(world: World) -> None:
+    alice = world.user("alice")
+    for name in [*sorted(RESERVED_NAMESPACES), "Upper", "a b", "-x", "x" * 65]:
+        for path, token in (("/v1/orgs", alice), ("/v1/users", world.admin)):
+            response = world.client.post(path, json={"name": name}, headers=world.auth(token))
+            _error(response, 400, "NAME_INVALID")
+    assert (
+        world.client.post("/v1/orgs", json={"name": "v3"}, headers=world.auth(alice)).status_code
+        == 201
+    )
+
+
+def test_admin_command_refuses_a_bad_user_name(tmp_path: Path) -> None:
+    command = str(Path(sys.executable).with_name("pfx-registry"))
+    for name in ("v1", "Bad Name"):
+        result = subprocess.run(
+            [command, "admin", "create-token", "--data", str(tmp_path), "--user", name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert (
+            result.stderr.startswith("pfx-registry: error: --user: ")
+            and "Traceback" not in result.stderr
+        )
+    assert not (tmp_path / "index.db").exists()

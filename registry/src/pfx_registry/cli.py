@@ -17,15 +17,17 @@ from sqlalchemy import insert, select
 
 from .auth import hash_token, new_token
 from .db import accounts, tokens, utcnow
+from .errors import ApiError
 from .gc import collect_garbage
 from .migrate import upgrade
 from .observability import MULTIPROCESS_VARIABLE, access_log
+from .service.access import check_namespace_name
 from .settings import Settings, settings_error
 from .state import open_registry
 
 
 class ConfigurationError(Exception):
-    """A ``PFX_*`` variable holds an invalid value (the message names it)."""
+    """A ``PFX_*`` variable or an option holds an invalid value (the message names it)."""
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
@@ -105,6 +107,10 @@ def migrate(arguments: argparse.Namespace) -> int:
 
 def create_admin_token(arguments: argparse.Namespace) -> int:
     """Create the administrator account if needed and print a new admin token once."""
+    try:
+        check_namespace_name(arguments.user)
+    except ApiError as error:
+        raise ConfigurationError(f"--user: {error.message}") from None
     registry = open_registry(_settings(arguments))
     upgrade(registry.engine)
     secret = new_token()

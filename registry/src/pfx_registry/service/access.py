@@ -43,6 +43,33 @@ def check_name(kind: str, value: str, pattern: re.Pattern[str] = NAME) -> str:
     return value
 
 
+#: Namespace names that would shadow the first path segment of a page or endpoint the registry
+#: serves (or will: the web catalog's pages and the OCI API): refused when an account is created.
+RESERVED_NAMESPACES = frozenset(
+    {
+        "v1",
+        "v2",
+        "healthz",
+        "readyz",
+        "metrics",
+        "docs",
+        "redoc",
+        "openapi.json",
+        "static",
+        "favicon.ico",
+        "robots.txt",
+    }
+)
+
+
+def check_namespace_name(name: str) -> str:
+    """Refuse a namespace name that breaks the grammar or is reserved (400 NAME_INVALID)."""
+    check_name("namespace", name)
+    if name in RESERVED_NAMESPACES:
+        raise ApiError(400, Code.NAME_INVALID, f"the namespace name {name!r} is reserved")
+    return name
+
+
 def check_reference(kind: str, value: str) -> str:
     """Refuse a malformed version or tag (400 NAME_INVALID)."""
     return check_name(kind, value, REFERENCE)

@@ -21,7 +21,7 @@ from pfx_registry.db import (
 )
 from pfx_registry.errors import ApiError, Code, not_found
 
-from .access import audit, check_name, namespace, require_token
+from .access import audit, check_namespace_name, namespace, require_token
 
 #: Signing keys a namespace may register.
 MAX_KEYS = 32
@@ -33,7 +33,7 @@ SCOPES = ("read", "write", "admin")
 
 def create_account(connection: Connection, name: str, kind: str, admin: bool = False) -> int:
     """Create a user or organization called ``name``; its id (409 NAME_TAKEN when it exists)."""
-    check_name("namespace", name)
+    check_namespace_name(name)
     if not insert_or_ignore(connection, accounts, {"name": name, "kind": kind, "is_admin": admin}):
         raise ApiError(409, Code.NAME_TAKEN, f"the name {name} is taken")
     return namespace(connection, name).id
