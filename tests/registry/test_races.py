@@ -35,6 +35,7 @@ import pytest
 from registry_server import Account, RegistryServer
 from test_api import concept_bytes
 
+import perfusion_format as pf
 from pfx.client import Client
 
 #: Seconds a racing request may take before it counts as unanswered (a lock that never frees).
@@ -43,6 +44,8 @@ ANSWER_TIMEOUT = 60.0
 GATHER_TIMEOUT = 30.0
 #: Previews a repository may have (spec §7).
 MAX_PREVIEWS = 8
+#: Signing keys a namespace may register (spec §7).
+MAX_KEYS = 32
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: A method, a path below the server's URL, and the keyword arguments of ``httpx.request``.
@@ -221,6 +224,24 @@ def test_parallel_previews_stop_at_eight(registry_server: RegistryServer) -> Non
         assert len(shown) == MAX_PREVIEWS
     digests = {"sha256:" + hashlib.sha256(image).hexdigest() for image in images}
     assert set(shown) <= digests
+
+
+def test_parallel_key_registrations_stop_at_the_limit(registry_server: RegistryServer) -> None:
+    """Forty different keys registered at once: at most 32 are accepted (201), the rest are
+    409 TOO_MANY, and the namespace lists exactly the accepted ones (the count is taken under a
+    lock of the namespace's row)."""
+    owner = registry_server.create_user("keyring", scope="admin")
+    keys = [pf.PrivateKey.generate().public_key.to_base64() for _ in range(40)]
+    calls: list[Call] = [
+        ("POST", f"/v1/namespaces/{owner.name}/keys", {"json": {"public_key": key}}) for key in keys
+    ]
+    answers = burst(registry_server, owner.token, calls)
+    assert_only(answers, {201: None, 409: "TOO_MANY"})
+    accepted = {answer.body["key_id"] for answer in answers if answer.status == 201}
+    with checker(registry_server, owner) as client:
+        listed = {key.key_id for key in client.list_keys(owner.name)}
+    assert len(accepted) == MAX_KEYS, summary(answers)
+    assert listed == accepted
 
 
 def test_parallel_role_changes_leave_one_membership(registry_server: RegistryServer) -> None:

@@ -21,7 +21,9 @@ SQLite a writing transaction holds the database's write lock from its start), so
 one repository run one after another and every check they make (a version exists, fewer than
 :data:`MAX_PREVIEWS` previews, a tag is not protected) stays true until they commit. Rows that
 concurrent requests may create alike (repositories, blobs, uploads, memberships, tags, keys) are
-inserted with ``ON CONFLICT``, never by catching a failed insert. Each transaction locks at most
-one repository row (and, for tokens, the minting token's row), so transactions cannot deadlock
-on them; :func:`pfx_registry.state.run_write` retries any other conflict the database reports.
+inserted with ``ON CONFLICT``, never by catching a failed insert. Counts of what an account holds
+(live tokens, signing keys) are taken under a lock of the account's row. Locks are taken in one
+order — the minting token's row, then an account's or one repository's row — and a transaction
+holds at most one repository row, so these locks cannot deadlock;
+:func:`pfx_registry.state.run_write` retries any other conflict the database reports.
 """

@@ -100,6 +100,13 @@ def namespace(connection: Connection, name: str) -> Row[Any]:
     return row
 
 
+def lock_account(connection: Connection, account_id: int) -> None:
+    """Lock a user's or organization's row until the transaction ends, so that a count of what
+    it holds (tokens, keys) stays true for the insert that follows (a no-op on SQLite, whose
+    writing transactions hold the database's write lock)."""
+    connection.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+
+
 def find_repository(
     connection: Connection, namespace_id: int, name: str, *, lock: bool = False
 ) -> Row[Any] | None:

@@ -21,7 +21,7 @@ from pfx_registry.db import (
 )
 from pfx_registry.errors import ApiError, Code, not_found
 
-from .access import audit, check_namespace_name, namespace, require_token
+from .access import audit, check_namespace_name, lock_account, namespace, require_token
 
 #: Signing keys a namespace may register.
 MAX_KEYS = 32
@@ -159,6 +159,7 @@ def create_token(
         if account.kind != "user":
             raise not_found(f"user {user}")
         owner_id, owner_name = account.id, account.name
+    lock_account(connection, owner_id)  # the count below holds until this transaction ends
     active = connection.execute(
         select(func.count())
         .select_from(tokens)
@@ -221,6 +222,7 @@ def add_key(connection: Connection, caller: Caller, ns: str, key: pf.PublicKey, 
     owner = namespace(connection, ns)
     if not at_least(role_in(connection, caller, owner.id), "admin"):
         raise ApiError(403, Code.FORBIDDEN, f"only admins of {ns} register keys")
+    lock_account(connection, owner.id)  # the count below holds until this transaction ends
     registered = connection.execute(
         select(func.count()).select_from(signing_keys).where(signing_keys.c.account_id == owner.id)
     ).scalar_one()
