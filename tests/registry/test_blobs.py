@@ -22,10 +22,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from backends import S3Server, start_postgres, stop_postgres
+from fastapi.testclient import TestClient
+from test_api import concept_bytes, migrate_and_add_administrator
 
 from perfusion_format import check_digest
+from pfx_registry.app import create_app
 from pfx_registry.blobs import UNAVAILABLE, BlobStore, FolderBlobStore, S3BlobStore
 from pfx_registry.errors import BackendUnavailable
+from pfx_registry.settings import Settings
 
 SIZES = [0, 1, 256 * 1024 + 3, 4 * 1024 * 1024]
 
@@ -264,14 +268,36 @@ def test_folder_put_that_fails_leaves_nothing(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, failing.removeprefix("os."), fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(BackendUnavailable) as raised:  # a full disk: the store is down (503)
         store.put(digest, data)
+    assert str(raised.value) == UNAVAILABLE
     monkeypatch.undo()
     assert store.size(digest) is None
     assert list(store.digests()) == []
     assert list((tmp_path / "uploads").iterdir()) == []
     store.put(digest, data)  # and the next try works
     assert store.read(digest) == data
+
+
+def test_folder_disk_errors_are_unavailable_through_the_api(tmp_path: Path) -> None:
+    """A broken folder (here a file where a fan-out folder belongs, so every write and read
+    there fails) answers 503 UNAVAILABLE without the path, never 500."""
+    settings = Settings(data_dir=tmp_path, rate_limit_token=0, rate_limit_address=0)
+    app = create_app(settings)
+    admin = migrate_and_add_administrator(app.state.registry.engine)
+    data = concept_bytes(150)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    fan_out = tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")[:2]
+    fan_out.write_bytes(b"not a folder")
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {admin}"}
+        response = client.put(f"/v1/blobs/{digest}", content=data, headers=headers)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == {"code": "UNAVAILABLE", "message": UNAVAILABLE}
+    assert response.headers["retry-after"]
+    store = FolderBlobStore(tmp_path)
+    with pytest.raises(BackendUnavailable):
+        store.read(digest)
 
 
 def test_folder_stale_upload_removal_spares_writes_in_flight(tmp_path: Path) -> None:

@@ -104,13 +104,22 @@ class FolderBlobStore:
 
     def put(self, digest: str, data: bytes) -> None:
         target = self._path(digest)
-        if target.exists():
-            return
-        target.parent.mkdir(exist_ok=True)
-        write_atomic(target, data, mode=0o600, folder=self._uploads)
+        try:
+            if target.exists():
+                return
+            target.parent.mkdir(exist_ok=True)
+            write_atomic(target, data, mode=0o600, folder=self._uploads)
+        except OSError as error:  # a full or read-only disk, a broken folder: the store is down
+            raise _unavailable(f"writing {target}: {error}") from None
 
     def read(self, digest: str) -> bytes:
-        return self._path(digest).read_bytes()
+        path = self._path(digest)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise _unavailable(f"reading {path}: {error}") from None
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
