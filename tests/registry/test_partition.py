@@ -12,6 +12,9 @@ own, and the partition is made on that proxy's port only, in one of two ways:
 - ``blackhole`` — the proxy stops forwarding and accepting while the kernel still acknowledges
   everything: a peer that accepts and never answers (only the client-side round-trip deadline and
   connect_timeout end the wait).
+
+The blob store gets the blackhole too (``test_blob_store_blackhole``): an S3 service behind the
+proxy that stops answering makes downloads and uploads 503 within the same bound.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backends import TcpProxy, fresh_postgres_database
+from backends import S3Server, TcpProxy, fresh_postgres_database
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from test_api import World, concept_bytes, migrate_and_add_administrator
 
+import perfusion_format as pf
 from pfx_registry.app import create_app
 from pfx_registry.settings import Settings
 
@@ -183,3 +187,50 @@ def test_partition(partition: Partition, proxied_world: World) -> None:
     assert client.get("/v1/concepts/alice/c").status_code == 200
     written = client.put("/v1/concepts/alice/c/versions/2", **publish)  # type: ignore[arg-type]
     assert written.status_code == 201, written.text
+
+
+def test_blob_store_blackhole(s3_server: S3Server, tmp_path: Path) -> None:
+    """The S3 service accepts connections and never answers: a download whose bytes are not in
+    the blob cache and an upload answer 503 UNAVAILABLE within the bound, /readyz within its own,
+    and both work again after the heal."""
+    bucket = s3_server.create_bucket()
+    proxy = TcpProxy(("127.0.0.1", s3_server.port))
+    settings = Settings(
+        data_dir=tmp_path,
+        s3_bucket=bucket,
+        s3_endpoint=f"http://127.0.0.1:{proxy.port}",
+        blob_cache_bytes=0,  # every download reads the store
+        rate_limit_token=0,
+        rate_limit_address=0,
+    )
+    app = create_app(settings)
+    admin = migrate_and_add_administrator(app.state.registry.engine)
+    headers = {"Authorization": f"Bearer {admin}"}
+    data, other = concept_bytes(63), concept_bytes(64)
+    digest, other_digest = (pf.content_digest(bytes_) for bytes_ in (data, other))
+    try:
+        with TestClient(app) as client:
+            assert (
+                client.put(f"/v1/blobs/{digest}", content=data, headers=headers).status_code == 201
+            )
+            proxy.blackhole()
+            try:
+                _timed(client, ROUTE_BOUND, "GET", f"/v1/blobs/{digest}", headers=headers)
+                _timed(
+                    client,
+                    ROUTE_BOUND,
+                    "PUT",
+                    f"/v1/blobs/{other_digest}",
+                    content=other,
+                    headers=headers,
+                )
+                _timed(client, READY_BOUND, "GET", "/readyz")
+            finally:
+                proxy.heal()
+            deadline = time.monotonic() + RECOVERY
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "/readyz did not recover"
+                time.sleep(0.2)
+            assert client.get(f"/v1/blobs/{digest}", headers=headers).content == data
+    finally:
+        proxy.close()

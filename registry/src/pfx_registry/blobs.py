@@ -40,6 +40,16 @@ UNAVAILABLE = "the blob store is unavailable"
 
 logger = logging.getLogger("pfx_registry")
 
+#: Seconds to open a connection to the S3 service.
+S3_CONNECT_TIMEOUT = 2
+#: Seconds to wait for any answer bytes on an open connection (a peer that accepts and never
+#: answers ends here).
+S3_READ_TIMEOUT = 3
+#: Attempts per S3 call: one. A transient S3 error is a 503 with Retry-After that clients retry
+#: (every PUT is idempotent); a retry inside the server would double the time a cut-off store
+#: holds a request, which is now a 503 within about connect + read timeout per call.
+S3_ATTEMPTS = 1
+
 
 def _unavailable(cause: str) -> BackendUnavailable:
     """Log ``cause`` (with whatever internal detail it holds) for the operator and return the
@@ -175,7 +185,9 @@ class S3BlobStore:
             "s3",
             endpoint_url=endpoint_url,
             config=Config(
-                connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+                connect_timeout=S3_CONNECT_TIMEOUT,
+                read_timeout=S3_READ_TIMEOUT,
+                retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
             ),
         )
 
