@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from concept_factory import REPO
-from registry_server import free_port, stop_process
+from registry_server import free_port, stop_process, wait_until_ready
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("PFX_TEST_DEVICE", "cpu") != "cpu", reason="the tour runs on the CPU"
@@ -155,7 +155,7 @@ def test_the_readme_tour_and_every_python_block_run(tmp_path: Path) -> None:
         stderr=open(tmp_path / "registry.log", "wb"),  # noqa: SIM115 (closed with the process)
     )
     try:
-        _wait_ready(server, port, tmp_path / "registry.log")
+        wait_until_ready(server, f"http://127.0.0.1:{port}", tmp_path / "registry.log")
         tour = subprocess.run(
             ["bash", "-c", _tour_script(port)],
             cwd=tmp_path,
@@ -186,20 +186,3 @@ def test_the_readme_tour_and_every_python_block_run(tmp_path: Path) -> None:
         assert python.stdout.count(">>>") == len(sources)
     finally:
         stop_process(server)
-
-
-def _wait_ready(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            url = f"http://127.0.0.1:{port}/readyz"
-            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"the registry did not start:\n{log.read_text()}")

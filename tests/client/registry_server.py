@@ -112,7 +112,7 @@ def _run_registry(arguments: list[str], environment: dict[str, str], log: Path) 
     return result.stdout
 
 
-def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     """Poll ``/readyz`` until it answers 200; fail with the server's output if the process
     exits or 120 s pass (a loaded 2-core machine starts slowly)."""
     deadline = time.monotonic() + 120
@@ -163,7 +163,7 @@ def registry_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_ready(process, url, log)
+        wait_until_ready(process, url, log)
         yield RegistryServer(url, admin_token, request.param)
     finally:
         stop_process(process)

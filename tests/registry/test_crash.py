@@ -40,7 +40,7 @@ from registry_server import (
     PFX_REGISTRY,
     Account,
     RegistryServer,
-    _wait_until_ready,
+    wait_until_ready,
 )
 from sqlalchemy import exists, select
 from test_api import concept_bytes, migrate_and_add_administrator
@@ -88,7 +88,7 @@ class Deployment:
                 stdin=subprocess.DEVNULL,
             )
         url = f"http://127.0.0.1:{port}"
-        _wait_until_ready(self.process, url, self.log)
+        wait_until_ready(self.process, url, self.log)
         return RegistryServer(url, self.admin_token, self.backend)
 
     def kill(self) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 
 from pfx_registry.auth import Caller
 from pfx_registry.service import access, concepts
-from pfx_registry.state import CallerDep, CountedConnectionDep, RegistryDep, run_write
+from pfx_registry.state import CallerDep, CountedConnectionDep, Registry, RegistryDep, run_write
 
 from .bodies import PublishRequest, RepositoryUpdate, TagRequest
 from .http import digest_param, resource_router
@@ -110,6 +110,16 @@ def put_tag(
     return {"tag": tag, "version": body.version}
 
 
+def _set_yanked(
+    registry: Registry, caller: Caller, ns: str, name: str, version: str, yanked: bool
+) -> dict[str, Any]:
+    run_write(
+        registry,
+        lambda connection: concepts.set_yanked(connection, caller, ns, name, version, yanked),
+    )
+    return {"version": version, "yanked": yanked}
+
+
 @router.post(
     "/concepts/{ns}/{name}/versions/{version}/yank",
     response_model=YankBody,
@@ -119,11 +129,7 @@ def yank(
     ns: str, name: str, version: str, registry: RegistryDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Hide a version from tag/version resolution and search; pulls by digest keep working."""
-    run_write(
-        registry,
-        lambda connection: concepts.set_yanked(connection, caller, ns, name, version, True),
-    )
-    return {"version": version, "yanked": True}
+    return _set_yanked(registry, caller, ns, name, version, True)
 
 
 @router.delete(
@@ -135,11 +141,7 @@ def unyank(
     ns: str, name: str, version: str, registry: RegistryDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Undo a yank."""
-    run_write(
-        registry,
-        lambda connection: concepts.set_yanked(connection, caller, ns, name, version, False),
-    )
-    return {"version": version, "yanked": False}
+    return _set_yanked(registry, caller, ns, name, version, False)
 
 
 @router.patch("/concepts/{ns}/{name}", response_model=RepositoryBody, responses=errors(403))
