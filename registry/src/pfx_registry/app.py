@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from starlette.routing import compile_path
 
 import perfusion_format as pf
 
+from . import web
 from .api import ROUTERS
 from .api.openapi import install_openapi
 from .api.operations import Readiness
@@ -33,6 +34,7 @@ from .migrate import upgrade
 from .observability import Metrics, RateLimit, RequestAccounting
 from .settings import Settings
 from .state import Registry, open_registry
+from .web import error_page, is_page_path
 
 __all__ = ["create_app", "error_response"]
 
@@ -58,60 +60,73 @@ def error_response(
     )
 
 
+def _answer(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An error as the asker reads it: an HTML page on the web catalog's paths, the JSON error
+    shape on the API's."""
+    if is_page_path(request.url.path):
+        printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return error_page(request, status, code, printable, headers)
+    return error_response(status, code, message, headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def registry_error(_request: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message, error.headers)
+    async def registry_error(request: Request, error: ApiError) -> Response:
+        return _answer(request, error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(pf.FormatError)
-    async def format_error(_request: Request, error: pf.FormatError) -> JSONResponse:
-        return error_response(422, error.code, error.message)
+    async def format_error(request: Request, error: pf.FormatError) -> Response:
+        return _answer(request, 422, error.code, error.message)
 
     @app.exception_handler(BackendUnavailable)
-    async def unavailable(_request: Request, error: BackendUnavailable) -> JSONResponse:
-        return error_response(503, Code.UNAVAILABLE, str(error), {"Retry-After": "5"})
+    async def unavailable(request: Request, error: BackendUnavailable) -> Response:
+        return _answer(request, 503, Code.UNAVAILABLE, str(error), {"Retry-After": "5"})
 
     @app.exception_handler(OperationalError)
-    async def index_unavailable(_request: Request, error: OperationalError) -> JSONResponse:
+    async def index_unavailable(request: Request, error: OperationalError) -> Response:
         message = f"the index is unavailable ({type(error.orig).__name__})"
-        return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+        return _answer(request, 503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
 
     @app.exception_handler(DataError)
-    async def data_refused(_request: Request, error: DataError) -> JSONResponse:
+    async def data_refused(request: Request, error: DataError) -> Response:
         # Inputs are checked before SQL; should one still be refused by the database (a value
         # out of its range), it is the client's value, never a server error.
         logger.warning("the index refused a value: %s", type(error.orig).__name__)
-        return error_response(400, Code.BAD_REQUEST, "a value is out of range or malformed")
+        return _answer(request, 400, Code.BAD_REQUEST, "a value is out of range or malformed")
 
     @app.exception_handler(PoolTimeout)
-    async def index_busy(_request: Request, _error: PoolTimeout) -> JSONResponse:
+    async def index_busy(request: Request, _error: PoolTimeout) -> Response:
         message = "the index is busy: no connection became free"
-        return error_response(503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
+        return _answer(request, 503, Code.UNAVAILABLE, message, {"Retry-After": "5"})
 
     @app.exception_handler(ClientDisconnect)
-    async def disconnected(_request: Request, _error: ClientDisconnect) -> JSONResponse:
+    async def disconnected(request: Request, _error: ClientDisconnect) -> Response:
         # the client left, or RequestAccounting already answered 413 and ended the body
-        return error_response(400, Code.BAD_REQUEST, "the request body ended early")
+        return _answer(request, 400, Code.BAD_REQUEST, "the request body ended early")
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(400, Code.BAD_REQUEST, f"{where}: {first.get('msg', 'invalid')}")
+        return _answer(request, 400, Code.BAD_REQUEST, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> Response:
         code = _STATUS_CODES.get(error.status_code, Code.BAD_REQUEST)
         headers = dict(error.headers or {})
         if error.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return error_response(error.status_code, code, str(error.detail), headers)
+        return _answer(request, error.status_code, code, str(error.detail), headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route answers at the request's path, from the API's own description
     (Starlette's 405 names only the first route that matched the path); HEAD wherever GET is."""
     methods: set[str] = set()
+    if is_page_path(request.url.path):
+        methods = web.page_methods(request.url.path)
     for template, path_item in request.app.openapi()["paths"].items():
         if compile_path(template)[0].match(request.url.path):
             methods.update(method.upper() for method in path_item)
@@ -145,7 +160,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.metrics = Metrics()
     app.state.readiness = Readiness(registry)
     _install_error_handlers(app)
-    for router in ROUTERS:
+    for router in (*ROUTERS, *web.ROUTERS):
         app.include_router(router)
     install_openapi(app)
     app.add_middleware(

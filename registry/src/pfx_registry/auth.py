@@ -12,8 +12,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, Select, select
 
 from .db import accounts, memberships, tokens, utcnow
 from .errors import ApiError, Code
@@ -23,9 +24,12 @@ __all__ = [
     "ROLES",
     "Caller",
     "authenticate",
+    "expired",
     "hash_token",
+    "live_caller",
     "new_token",
     "role_in",
+    "token_callers",
 ]
 
 ROLES = ("reader", "writer", "admin")
@@ -78,24 +82,38 @@ def authenticate(connection: Connection, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("use Authorization: Bearer <token>")
     row = connection.execute(
-        select(
-            tokens.c.id,
-            tokens.c.scope,
-            tokens.c.expires_at,
-            tokens.c.revoked_at,
-            accounts.c.id.label("user_id"),
-            accounts.c.name,
-            accounts.c.is_admin,
-        )
-        .join(accounts, accounts.c.id == tokens.c.user_id)
-        .where(tokens.c.secret_hash == hash_token(token.strip()))
+        token_callers().where(tokens.c.secret_hash == hash_token(token.strip()))
     ).first()
-    if row is None or row.revoked_at is not None or _expired(row.expires_at):
+    caller = live_caller(row)
+    if caller is None:
         raise _unauthorized("the token is unknown, revoked or expired")
+    return caller
+
+
+def token_callers() -> Select[Any]:
+    """The query of a token's caller, to be narrowed with ``where``; its rows are read by
+    :func:`live_caller`."""
+    return select(
+        tokens.c.id,
+        tokens.c.scope,
+        tokens.c.expires_at,
+        tokens.c.revoked_at,
+        accounts.c.id.label("user_id"),
+        accounts.c.name,
+        accounts.c.is_admin,
+    ).join(accounts, accounts.c.id == tokens.c.user_id)
+
+
+def live_caller(row: Row[Any] | None) -> Caller | None:
+    """The caller of a :func:`token_callers` row, or None when there is no row or its token is
+    revoked or expired."""
+    if row is None or row.revoked_at is not None or expired(row.expires_at):
+        return None
     return Caller(row.user_id, row.name, row.scope, row.is_admin, row.id)
 
 
-def _expired(expires_at: datetime | None) -> bool:
+def expired(expires_at: datetime | None) -> bool:
+    """Whether a moment (None: never) has passed."""
     # timezone-aware on every database (db.UTCDateTime)
     return expires_at is not None and expires_at <= utcnow()
 

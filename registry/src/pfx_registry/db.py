@@ -169,6 +169,10 @@ concept_files = Table(
     Column("base_fingerprint", String(71), nullable=False),
     Column("dtype", String(8), nullable=False),
     Column("signers", Text, nullable=False, default=""),  # space-separated key ids
+    # the file's modelspec.license and modelspec.author (None when absent, and for files
+    # indexed before migration 0007)
+    Column("license", String(128)),
+    Column("author", String(128)),
 )
 
 repositories = Table(
@@ -220,6 +224,22 @@ previews = Table(
     _created(),
 )
 Index("previews_digest", previews.c.digest)
+
+# Signed-in browser sessions of the web catalog. The cookie holds a random secret, the index its
+# SHA-256; a session acts with the API token it was opened with, so the token's scope, expiry
+# and revocation apply to it (revoking the token ends the session).
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("token_id", ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    # the session's anti-CSRF value, written into its forms (not a credential on its own)
+    Column("csrf", String(64), nullable=False),
+    _created(),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+Index("web_sessions_token", web_sessions.c.token_id)
 
 audit_log = Table(
     "audit_log",

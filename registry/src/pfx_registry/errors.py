@@ -33,6 +33,8 @@ class Code(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
     INVALID_CURSOR = "INVALID_CURSOR"
+    #: a web catalog form without its session's anti-forgery value, or sent from another site
+    CSRF_FAILED = "CSRF_FAILED"
 
 
 class ApiError(Exception):

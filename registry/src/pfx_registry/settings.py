@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     read_cache_seconds: float = Field(default=1.0, ge=0)
     #: Bytes of blob content kept in memory for downloads (blobs never change); 0 keeps none.
     blob_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: Seconds a web catalog session lasts after signing in (never longer than its token).
+    session_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=365 * 24 * 3600)
 
     @property
     def index_url(self) -> str:

@@ -14,7 +14,7 @@ from pfx_registry.state import Registry, caller_of, note_caller
 
 from .responses import ERRORS, errors
 
-__all__ = ["digest_param", "registry_and_caller", "resource_router", "send_blob"]
+__all__ = ["blob_bytes", "digest_param", "registry_and_caller", "resource_router", "send_blob"]
 
 
 def resource_router(tag: str) -> APIRouter:
@@ -58,6 +58,13 @@ async def send_blob(registry: Registry, digest: str, media_type: str) -> Respons
         )
         if url is not None:
             return RedirectResponse(url, status_code=307)
+    data = await blob_bytes(registry, digest)
+    return Response(data, media_type=media_type, headers={"Docker-Content-Digest": digest})
+
+
+async def blob_bytes(registry: Registry, digest: str) -> bytes:
+    """The bytes of a stored blob: from the blob cache, else read on a worker thread and kept
+    (a store failure, or bytes missing from the store, is a 503)."""
     data = registry.blob_bytes.get(digest)
     if data is None:
         try:
@@ -67,4 +74,4 @@ async def send_blob(registry: Registry, digest: str, media_type: str) -> Respons
                 f"the bytes of {digest} are missing from the blob store"
             ) from None
         registry.blob_bytes.put(digest, data)
-    return Response(data, media_type=media_type, headers={"Docker-Content-Digest": digest})
+    return data

@@ -16,7 +16,7 @@ from pfx_registry.state import Registry, transaction
 from .http import registry_and_caller, resource_router, send_blob
 from .responses import VersionBody
 
-__all__ = ["router", "version_json"]
+__all__ = ["Resolved", "resolved_version", "router", "version_json"]
 
 router = resource_router("versions")
 
@@ -52,9 +52,12 @@ class Resolved:
     body: bytes
 
 
-async def _resolved(
+async def resolved_version(
     registry: Registry, caller: Caller, ns: str, name: str, reference: str
 ) -> Resolved:
+    """What ``reference`` in ``ns/name`` resolves to for ``caller`` (404 when it resolves to
+    nothing the caller may read), from the read cache when fresh."""
+
     def load() -> Resolved:
         with transaction(registry) as connection:
             repository = access.readable_repository(connection, caller, ns, name)
@@ -74,7 +77,7 @@ async def _resolved(
 async def get_version(request: Request, ns: str, name: str, reference: str) -> Response:
     """Resolve a tag, version or ``sha256:`` digest to the version it names."""
     registry, caller = await registry_and_caller(request)
-    resolved = await _resolved(registry, caller, ns, name, reference)
+    resolved = await resolved_version(registry, caller, ns, name, reference)
     return Response(resolved.body, media_type="application/json")
 
 
@@ -90,7 +93,7 @@ async def download(request: Request, ns: str, name: str, reference: str) -> Resp
     """The concept file a reference names; counts a download (written to the index within a
     second, off the request path: see downloads.py)."""
     registry, caller = await registry_and_caller(request)
-    resolved = await _resolved(registry, caller, ns, name, reference)
+    resolved = await resolved_version(registry, caller, ns, name, reference)
     response = await send_blob(registry, resolved.digest, pf.MEDIA_TYPE)
     registry.downloads.add(resolved.repository_id)
     return response

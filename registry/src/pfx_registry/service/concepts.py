@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, insert, or_, select, tuple_, update
 
 import perfusion_format as pf
 from pfx_registry import search
 from pfx_registry.auth import Caller, at_least, role_in
 from pfx_registry.db import (
+    accounts,
     blob_uploads,
     blobs,
     concept_files,
@@ -78,7 +79,14 @@ def _facts(digest: str, concept: pf.Concept) -> dict[str, Any]:
         "base_fingerprint": concept.base_fingerprint,
         "dtype": concept.dtype,
         "signers": " ".join(signature.key_id for signature in concept.signatures),
+        # shown on the concept's page; free text of any length in the file, cut to the column
+        "license": _shown(concept.metadata.get(pf.Key.LICENSE)),
+        "author": _shown(concept.metadata.get(pf.Key.AUTHOR)),
     }
+
+
+def _shown(value: str | None, limit: int = 128) -> str | None:
+    return value[:limit] if value else None
 
 
 @dataclass(frozen=True)
@@ -421,8 +429,9 @@ def version(connection: Connection, repository: Row[Any], name: str) -> Row[Any]
 def repository_details(connection: Connection, repository: Row[Any]) -> dict[str, Any]:
     """A readable repository's versions (oldest first), tags and previews."""
     rows = connection.execute(
-        select(versions, concept_files)
+        select(versions, concept_files, blobs.c.size)
         .join(concept_files, concept_files.c.digest == versions.c.digest)
+        .join(blobs, blobs.c.digest == versions.c.digest)
         .where(versions.c.repository_id == repository.id)
         .order_by(versions.c.id)
     ).all()
@@ -452,3 +461,34 @@ def namespace_repositories(connection: Connection, caller: Caller, ns: str) -> l
             .order_by(repositories.c.name)
         ).all()
     )
+
+
+def first_previews(
+    connection: Connection, references: list[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The digest of the first preview of each ``(namespace, name)`` that has one (the caller
+    has already been shown these repositories)."""
+    if not references:
+        return {}
+    rows = connection.execute(
+        select(accounts.c.name.label("namespace"), repositories.c.name, previews.c.digest)
+        .join(repositories, repositories.c.id == previews.c.repository_id)
+        .join(accounts, accounts.c.id == repositories.c.namespace_id)
+        .where(tuple_(accounts.c.name, repositories.c.name).in_(references))
+        .order_by(previews.c.created_at.desc(), previews.c.digest.desc())
+    ).all()
+    # ordered newest first, so the oldest (the first attached) is written last and kept
+    return {(row.namespace, row.name): row.digest for row in rows}
+
+
+def preview_access(connection: Connection, caller: Caller, digest: str) -> tuple[str, bool] | None:
+    """A preview's media type and whether it is public (attached to a public repository), if
+    the caller may see it (attached to a repository they may read); None otherwise."""
+    rows = connection.execute(
+        select(previews.c.media_type, repositories.c.private)
+        .join(repositories, repositories.c.id == previews.c.repository_id)
+        .where(previews.c.digest == digest, visible_repositories(connection, caller))
+    ).all()
+    if not rows:
+        return None
+    return rows[0].media_type, any(not row.private for row in rows)
