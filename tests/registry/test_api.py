@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,7 +94,15 @@ def migrate_and_add_administrator(engine: sqlalchemy.Engine) -> str:
 
 @pytest.fixture(params=["folder+sqlite", "s3+postgres", "folder+postgres", "s3+sqlite"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    blobs, index = request.param.split("+")
+    with open_world(request, tmp_path, request.param) as opened:
+        yield opened
+
+
+@contextmanager
+def open_world(request: pytest.FixtureRequest, tmp_path: Path, backends: str) -> Iterator[World]:
+    """A registry app on ``backends`` (``"folder+sqlite"``, ``"s3+postgres"`` …) with its
+    administrator; the backends' fixtures are taken from ``request``."""
+    blobs, index = backends.split("+")
     # Rate limits are off here (test_operations.py tests them): the suite sends bursts.
     settings = Settings(data_dir=tmp_path / "data", rate_limit_token=0, rate_limit_address=0)
     if blobs == "s3":

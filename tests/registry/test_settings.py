@@ -52,6 +52,7 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         "PFX_RATE_LIMIT_ADDRESS": ("0", 0.0),
         "PFX_READ_CACHE_SECONDS": ("0.25", 0.25),
         "PFX_BLOB_CACHE_BYTES": ("0", 0),
+        "PFX_SESSION_SECONDS": ("3600", 3600),
     }
     assert set(given) == set(Settings.variables()), "a setting of the class is not tested here"
     for name, (text, _) in given.items():
@@ -73,6 +74,7 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         ("PFX_MAX_CONCEPT_BYTES", "99999999999"),
         ("PFX_PRESIGN_SECONDS", "0"),
         ("PFX_BLOB_CACHE_BYTES", "1.5"),
+        ("PFX_SESSION_SECONDS", "59"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_the_variable(
