@@ -28,8 +28,9 @@ test: install
 
 # Registry, tiny pipeline, two concepts signed and pushed to two organizations, search, verified
 # pulls and an image with both concepts; offline, in a temporary folder (about a minute).
+# `make demo DEMO_ARGS="--serve --port 8700"` keeps its registry (and web catalog) running after.
 demo: install
-	$(PY) demo/demo.py
+	$(PY) demo/demo.py $(DEMO_ARGS)
 
 # The toy world (bench/toyworld): world, instrument, base model, concepts, measurements; cached
 # under .toyworld/ so a second run only re-measures (first run about 45 minutes on 2 CPUs).

@@ -10,6 +10,7 @@ user's own pfx configuration and cache are not touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -76,6 +77,10 @@ def main() -> None:
     """Run the demo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the registry running afterwards (Ctrl-C stops)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="the registry's port (default: any)")
     arguments = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pfx-demo-"))
     env = {
@@ -101,7 +106,7 @@ def main() -> None:
     )
     for variable in ("PFX_REGISTRY", "PFX_TOKEN", "PFX_OFFLINE"):
         env.pop(variable, None)
-    port = free_port()
+    port = arguments.port or free_port()
     url = f"http://127.0.0.1:{port}"
     server = None
     try:
@@ -110,9 +115,9 @@ def main() -> None:
         server = subprocess.Popen(
             [str(BIN / "pfx-registry"), "serve", "--port", str(port), "--data", str(data)],
             env=env,
-            stdout=subprocess.PIPE,
+            # a file, not a pipe: nobody reads the access log while the demo (or --serve) runs
+            stdout=(root / "registry.log").open("w"),
             stderr=subprocess.STDOUT,
-            text=True,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -170,7 +175,16 @@ def main() -> None:
         run("pfx", "generate", "--model", str(model), "-c", "acme/teddy:1.0", "-c", "lab/pot",
             "--prompt", "a photo of a <teddy> next to a <pot>", "--steps", "4",
             "--seed", "1", "-o", str(image), env=env)  # fmt: skip
+
+        step("show it in the web catalog: the image becomes acme/teddy's preview")
+        run("pfx", "push", str(teddy), "acme/teddy:1.0", "--sign", str(key),
+            "--preview", str(image), env=env)  # fmt: skip
+        print(f"the catalog: {url}/ · the concept's page: {url}/acme/teddy")
         print(f"\ndemo complete; the image is {image}" if arguments.keep else "\ndemo complete")
+        if arguments.serve:
+            print(f"serving the catalog at {url}/ until Ctrl-C (sign in with {admin})", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
     finally:
         if server is not None:
             server.terminate()
