@@ -308,6 +308,10 @@ def test_forms_without_their_anti_forgery_value_change_nothing(site: World) -> N
         assert response.status_code == 403 and "CSRF_FAILED" in response.text
     assert token_count() == before
     assert site.client.post("/-/logout", data={"csrf": "wrong"}).status_code == 403
+    # a form that arrives without a session (ended, or its cookie withheld) changes nothing
+    for path in ("/-/tokens", "/-/tokens/1/revoke"):
+        signed_out = no_cookie.post(path, data={**new_token, "csrf": csrf})
+        assert signed_out.status_code == 403 and "CSRF_FAILED" in signed_out.text
     assert site.client.get("/-/tokens").status_code == 200  # still signed in
     made = site.client.post(
         "/-/tokens", data={**new_token, "csrf": csrf}, headers={"Sec-Fetch-Site": "same-origin"}

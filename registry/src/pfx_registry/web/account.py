@@ -32,6 +32,7 @@ from .visitors import (
     clear_cookie,
     form_fields,
     login_csrf,
+    session_form,
     session_secret,
     set_cookie,
 )
@@ -174,10 +175,8 @@ def _new_token_fields(fields: dict[str, str]) -> tuple[str, str, int]:
 @router.post("/-/tokens", response_class=HTMLResponse)
 async def create_token(request: Request, visitor: VisitorDep) -> Response:
     """Create a token (shown once, on the page this answers with)."""
-    if visitor is None:
-        return RedirectResponse(f"/-/login?next={quote('/-/tokens')}", status_code=303)
     fields = await form_fields(request)
-    check_forgery(request, fields.get("csrf"), visitor.csrf)
+    session = session_form(request, fields, visitor)
     registry: Registry = request.app.state.registry
     try:
         name, scope, days = _new_token_fields(fields)
@@ -186,17 +185,17 @@ async def create_token(request: Request, visitor: VisitorDep) -> Response:
             run_write,
             registry,
             lambda connection: accounts.create_token(
-                connection, visitor.caller, name, scope, expires_at, None
+                connection, session.caller, name, scope, expires_at, None
             ),
         )
     except ApiError as error:
         if error.status not in (400, 403, 409):
             raise
         return await run_in_threadpool(
-            _tokens_page, request, visitor, error.status, error=error.message
+            _tokens_page, request, session, error.status, error=error.message
         )
     return await run_in_threadpool(
-        _tokens_page, request, visitor, 201, created=created, created_name=name
+        _tokens_page, request, session, 201, created=created, created_name=name
     )
 
 
@@ -205,14 +204,11 @@ async def revoke_token(
     token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, visitor: VisitorDep
 ) -> Response:
     """Revoke one of the visitor's tokens (and the tokens made with it)."""
-    if visitor is None:
-        return RedirectResponse(f"/-/login?next={quote('/-/tokens')}", status_code=303)
-    fields = await form_fields(request)
-    check_forgery(request, fields.get("csrf"), visitor.csrf)
+    session = session_form(request, await form_fields(request), visitor)
     registry: Registry = request.app.state.registry
     await run_in_threadpool(
         run_write,
         registry,
-        lambda connection: accounts.revoke_token(connection, visitor.caller, token_id),
+        lambda connection: accounts.revoke_token(connection, session.caller, token_id),
     )
     return RedirectResponse("/-/tokens", status_code=303)

@@ -29,6 +29,7 @@ __all__ = [
     "clear_cookie",
     "form_fields",
     "login_csrf",
+    "session_form",
     "set_cookie",
     "visitor_of",
 ]
@@ -113,6 +114,15 @@ def check_forgery(request: Request, sent: str | None, expected: str | None) -> N
         raise _forbidden("forms are accepted from this site only")
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise _forbidden("the form has expired or was not sent from this site; reload the page")
+
+
+def session_form(request: Request, fields: dict[str, str], visitor: Session | None) -> Session:
+    """The visitor who sent a form that changes something, after :func:`check_forgery`; a form
+    whose session has ended is refused like a forged one (403 CSRF_FAILED)."""
+    check_forgery(request, fields.get("csrf"), visitor.csrf if visitor else None)
+    if visitor is None:
+        raise _forbidden("the session has ended; sign in again")
+    return visitor
 
 
 async def form_fields(request: Request) -> dict[str, str]:
