@@ -14,6 +14,7 @@ Ed25519 signatures. The specification is spec/concept-format.md.
 Nothing here imports torch or unpickles anything.
 """
 
+from . import oci
 from .concept import (
     FILE_SUFFIX,
     FORMAT_NAME,
@@ -105,6 +106,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "loads",
+    "oci",
     "read_bounded",
     "save",
     "save_private_key",
