@@ -25,10 +25,11 @@ from starlette.routing import compile_path
 
 import perfusion_format as pf
 
-from . import web
+from . import distribution, web
 from .api import ROUTERS
 from .api.openapi import install_openapi
 from .api.operations import Readiness
+from .distribution import is_distribution_path, oci_error_response
 from .errors import ApiError, BackendUnavailable, Code
 from .migrate import upgrade
 from .observability import Metrics, RateLimit, RequestAccounting
@@ -65,6 +66,8 @@ def _answer(
 ) -> Response:
     """An error as the asker reads it: an HTML page on the web catalog's paths, the JSON error
     shape on the API's."""
+    if is_distribution_path(request.url.path):
+        return oci_error_response(request, status, code, message, headers)
     if is_page_path(request.url.path):
         printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
         return error_page(request, status, code, printable, headers)
@@ -125,8 +128,8 @@ def _allowed_methods(request: Request) -> list[str]:
     """Every method some route answers at the request's path, from the API's own description
     (Starlette's 405 names only the first route that matched the path); HEAD wherever GET is."""
     methods: set[str] = set()
-    if is_page_path(request.url.path):
-        methods = web.page_methods(request.url.path)
+    for router in (distribution.router, *web.ROUTERS):
+        methods |= web.router_methods(router, request.url.path)
     for template, path_item in request.app.openapi()["paths"].items():
         if compile_path(template)[0].match(request.url.path):
             methods.update(method.upper() for method in path_item)
@@ -160,7 +163,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.metrics = Metrics()
     app.state.readiness = Readiness(registry)
     _install_error_handlers(app)
-    for router in (*ROUTERS, *web.ROUTERS):
+    for router in (*ROUTERS, distribution.router, *web.ROUTERS):
         app.include_router(router)
     install_openapi(app)
     app.add_middleware(
@@ -170,7 +173,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         address_limit=RateLimit(settings.rate_limit_address, 4 * settings.rate_limit_address),
         body_limit=lambda path: (
             settings.max_concept_bytes
-            if path.startswith("/v1/blobs/")
+            if path.startswith("/v1/blobs/") or (path.startswith("/v2/") and "/blobs/" in path)
             else settings.max_preview_bytes
             if path.endswith("/previews")
             else settings.max_json_bytes

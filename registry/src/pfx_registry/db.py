@@ -26,6 +26,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -240,6 +241,49 @@ web_sessions = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 Index("web_sessions_token", web_sessions.c.token_id)
+
+# OCI manifests pushed through /v2/ (spec/registry-api.md §11), kept byte for byte so that their
+# digests hold: concept manifests (``version_id`` set: the version they became) and artifacts that
+# refer to another manifest (``subject``: signatures, SBOMs …). A version without a pushed
+# manifest is served the canonical one, generated from its facts and never stored.
+oci_manifests = Table(
+    "oci_manifests",
+    metadata,
+    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", String(71), primary_key=True),
+    Column("media_type", String(128), nullable=False),
+    Column("artifact_type", String(128)),
+    Column("content", LargeBinary, nullable=False),
+    Column("version_id", ForeignKey("versions.id", ondelete="CASCADE")),
+    Column("subject", String(71)),
+    _created(),
+)
+Index("oci_manifests_version", oci_manifests.c.version_id)
+Index("oci_manifests_subject", oci_manifests.c.repository_id, oci_manifests.c.subject)
+
+# The blobs (config and layers) each stored manifest refers to: what makes them visible to the
+# repository's readers, and what gc keeps.
+oci_manifest_blobs = Table(
+    "oci_manifest_blobs",
+    metadata,
+    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("manifest_digest", String(71), primary_key=True),
+    Column("digest", ForeignKey("blobs.digest"), primary_key=True),
+)
+Index("oci_manifest_blobs_digest", oci_manifest_blobs.c.digest)
+
+# Blob uploads in progress through /v2/ (chunked or not): the bytes received so far, in the index
+# so that any replica can take the next chunk. Bounded by PFX_MAX_CONCEPT_BYTES.
+oci_uploads = Table(
+    "oci_uploads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("namespace_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("repository_name", String(64), nullable=False),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    _created(),
+)
 
 audit_log = Table(
     "audit_log",

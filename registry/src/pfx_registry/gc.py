@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, exists, select
 
-from .db import blobs, previews, utcnow, versions
+from .db import blobs, oci_manifest_blobs, oci_uploads, previews, utcnow, versions
 from .state import Registry
 
 __all__ = ["CollectionReport", "collect_garbage"]
@@ -39,10 +40,7 @@ def collect_garbage(
     """Remove blobs unreferenced, and temp files of writes cut off, longer than ``grace`` ago;
     return what was removed."""
     cutoff = utcnow() - grace
-    unreferenced_query = select(blobs.c.digest).where(
-        ~exists().where(versions.c.digest == blobs.c.digest),
-        ~exists().where(previews.c.digest == blobs.c.digest),
-    )
+    unreferenced_query = select(blobs.c.digest).where(*_unreferenced(blobs.c.digest))
     with registry.engine.begin() as connection:
         candidates = [
             digest
@@ -59,11 +57,7 @@ def collect_garbage(
             continue
         with registry.engine.begin() as connection:
             gone = connection.execute(
-                delete(blobs).where(
-                    blobs.c.digest == digest,
-                    ~exists().where(versions.c.digest == digest),
-                    ~exists().where(previews.c.digest == digest),
-                )
+                delete(blobs).where(blobs.c.digest == digest, *_unreferenced(digest))
             ).rowcount
         if gone:
             registry.blobs.delete(digest)
@@ -78,7 +72,20 @@ def collect_garbage(
                 registry.blobs.delete(digest)
             stray.append(digest)
     uploads = registry.blobs.remove_stale_uploads(cutoff, dry_run=dry_run)
+    if not dry_run:  # OCI uploads left unfinished: their bytes are rows of the index
+        with registry.engine.begin() as connection:
+            connection.execute(delete(oci_uploads).where(oci_uploads.c.created_at < cutoff))
     return CollectionReport(tuple(removed), tuple(stray), tuple(uploads))
+
+
+def _unreferenced(digest: Any) -> tuple[Any, ...]:
+    """Conditions that hold while nothing refers to the blob ``digest``: no version, preview or
+    pushed OCI manifest."""
+    return (
+        ~exists().where(versions.c.digest == digest),
+        ~exists().where(previews.c.digest == digest),
+        ~exists().where(oci_manifest_blobs.c.digest == digest),
+    )
 
 
 def _as_utc(moment: datetime) -> datetime:

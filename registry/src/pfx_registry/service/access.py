@@ -21,6 +21,7 @@ from pfx_registry.db import (
     blob_uploads,
     blobs,
     memberships,
+    oci_manifest_blobs,
     previews,
     repositories,
     versions,
@@ -172,7 +173,8 @@ def existing_repository(
 
 def blob_visible(connection: Connection, caller: Caller, digest: str) -> Row[Any] | None:
     """The blob row if the caller may see it: uploaded by them (having sent the bytes, they have
-    them), or referenced by a version or preview of a repository they may read."""
+    them), or referenced by a version, a preview or a pushed OCI manifest of a repository they
+    may read."""
     blob = connection.execute(select(blobs).where(blobs.c.digest == digest)).first()
     if blob is None:
         return None
@@ -187,9 +189,16 @@ def blob_visible(connection: Connection, caller: Caller, digest: str) -> Row[Any
         return blob
     by_version = select(versions.c.repository_id).where(versions.c.digest == digest)
     by_preview = select(previews.c.repository_id).where(previews.c.digest == digest)
+    by_manifest = select(oci_manifest_blobs.c.repository_id).where(
+        oci_manifest_blobs.c.digest == digest
+    )
     referencing = connection.execute(
         select(repositories.c.namespace_id, repositories.c.private).where(
-            or_(repositories.c.id.in_(by_version), repositories.c.id.in_(by_preview))
+            or_(
+                repositories.c.id.in_(by_version),
+                repositories.c.id.in_(by_preview),
+                repositories.c.id.in_(by_manifest),
+            )
         )
     ).all()
     for namespace_id, private in referencing:

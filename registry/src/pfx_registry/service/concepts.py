@@ -62,12 +62,13 @@ def record_blob(
         {"digest": digest, "size": size, "media_type": media_type, "uploaded_by": caller.user_id},
     )
     if concept is not None:
-        insert_or_ignore(connection, concept_files, _facts(digest, concept))
+        insert_or_ignore(connection, concept_files, file_facts(digest, concept))
     if caller.user_id is not None:
         insert_or_ignore(connection, blob_uploads, {"digest": digest, "account_id": caller.user_id})
 
 
-def _facts(digest: str, concept: pf.Concept) -> dict[str, Any]:
+def file_facts(digest: str, concept: pf.Concept) -> dict[str, Any]:
+    """The row of ``concept_files`` for a concept file: what the index keeps of it."""
     return {
         "digest": digest,
         "weights_digest": concept.weights_digest,

@@ -24,17 +24,16 @@ from . import account, files, pages
 from .paths import is_page_path
 from .rendering import error_page
 
-__all__ = ["ROUTERS", "error_page", "is_page_path", "page_methods"]
+__all__ = ["ROUTERS", "error_page", "is_page_path", "router_methods"]
 
 #: The catalog's routers, matched after the API's: ``/{ns}`` and ``/{ns}/{name}`` come last.
 ROUTERS: tuple[APIRouter, ...] = (files.router, account.router, pages.router)
 
 
-def page_methods(path: str) -> set[str]:
-    """The methods the catalog's routes answer at ``path`` (for a 405's ``Allow``)."""
+def router_methods(router: APIRouter, path: str) -> set[str]:
+    """The methods ``router``'s routes answer at ``path`` (for a 405's ``Allow``)."""
     return {
         method
-        for router in ROUTERS
         for route in router.routes
         if isinstance(route, APIRoute) and route.path_regex.match(path)
         for method in route.methods
