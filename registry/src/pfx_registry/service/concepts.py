@@ -475,7 +475,13 @@ def first_previews(
         select(accounts.c.name.label("namespace"), repositories.c.name, previews.c.digest)
         .join(repositories, repositories.c.id == previews.c.repository_id)
         .join(accounts, accounts.c.id == repositories.c.namespace_id)
-        .where(tuple_(accounts.c.name, repositories.c.name).in_(references))
+        .where(
+            # the single-column conditions let the database start from the names' unique
+            # indexes (SQLite cannot use one for the pair alone: it would scan every preview)
+            accounts.c.name.in_({namespace for namespace, _ in references}),
+            repositories.c.name.in_({name for _, name in references}),
+            tuple_(accounts.c.name, repositories.c.name).in_(references),
+        )
         .order_by(previews.c.created_at.desc(), previews.c.digest.desc())
     ).all()
     # ordered newest first, so the oldest (the first attached) is written last and kept

@@ -59,15 +59,19 @@ def _search(connection: Connection, caller: Caller, query: search.SearchQuery) -
 def home(request: Request, visitor: VisitorDep, connection: CountedConnectionDep) -> HTMLResponse:
     """A search box, and the most downloaded and the newest concepts the visitor may see."""
     caller = _caller(visitor)
-    popular = _search(connection, caller, search.SearchQuery(sort="downloads", limit=HOME_CARDS))
-    newest = _search(connection, caller, search.SearchQuery(sort="recent", limit=HOME_CARDS))
+    visible = access.visible_repositories(connection, caller)
+    popular, newest = (
+        search.run(connection, search.SearchQuery(sort=sort, limit=HOME_CARDS), visible)["results"]
+        for sort in ("downloads", "recent")
+    )
+    cards = _cards(connection, popular + newest)  # one preview lookup for both lists
     return page(
         request,
         "home.html",
         visitor,
         title="Concepts",
-        popular=popular["cards"],
-        newest=newest["cards"],
+        popular=cards[: len(popular)],
+        newest=cards[len(popular) :],
     )
 
 
