@@ -36,6 +36,16 @@ _OCI_CODES = {
 }
 
 
+def _scope(request: Request) -> str | None:
+    """The scope a 401 asks a token for: the repository of the path, to pull (reads) or to
+    pull and push (writes)."""
+    parts = request.url.path.split("/")
+    if len(parts) < 5 or parts[3] in ("", "token"):
+        return None
+    actions = "pull" if request.method in ("GET", "HEAD") else "pull,push"
+    return f"repository:{parts[2]}/{parts[3]}:{actions}"
+
+
 def is_distribution_path(path: str) -> bool:
     """Whether ``path`` is under /v2 (its errors take the OCI shape)."""
     return path == "/v2" or path.startswith("/v2/")
@@ -46,10 +56,12 @@ def oci_error_response(
 ) -> JSONResponse:
     """An error answered under /v2/."""
     oci_code = _OCI_CODES.get(code, code)  # type: ignore[call-overload]
+    if oci_code == "DENIED":
+        status = 403  # a refused publish (422, 409 under /v1) is a denial to OCI clients
     detail = {"pfx_code": str(code)} if oci_code != code else {}
     printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
     headers = dict(headers or {})
-    if status == 401:
-        headers.update(challenge(request))
+    if status == 401 and "realm=" not in headers.get("WWW-Authenticate", ""):
+        headers.update(challenge(request, _scope(request)))
     body = {"errors": [{"code": oci_code, "message": printable, "detail": detail}]}
     return JSONResponse(body, status_code=status, headers=headers)

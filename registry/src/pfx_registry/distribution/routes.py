@@ -35,10 +35,6 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAX_TAGS_PAGE = 1000
 
 
-def _scope(ns: str, name: str, actions: str = "pull") -> str:
-    return f"repository:{ns}/{name}:{actions}"
-
-
 def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
@@ -61,9 +57,7 @@ def _readable(
         if error.status != 404:
             raise
         if caller.anonymous:
-            raise OciError(
-                401, "UNAUTHORIZED", "authentication required", challenge(request, _scope(ns, name))
-            ) from None
+            raise OciError(401, "UNAUTHORIZED", "authentication required") from None
         raise OciError(404, "NAME_UNKNOWN", f"repository {ns}/{name} not found") from None
 
 
