@@ -242,7 +242,7 @@ web_sessions = Table(
 )
 Index("web_sessions_token", web_sessions.c.token_id)
 
-# OCI manifests pushed through /v2/ (spec/registry-api.md §11), kept byte for byte so that their
+# OCI manifests pushed through /v2/ (spec/registry-api.md §10), kept byte for byte so that their
 # digests hold: concept manifests (``version_id`` set: the version they became) and artifacts that
 # refer to another manifest (``subject``: signatures, SBOMs …). A version without a pushed
 # manifest is served the canonical one, generated from its facts and never stored.

@@ -1,5 +1,5 @@
 """The OCI Distribution API (v1.1) at /v2/: concepts as OCI artifacts that docker-compatible
-tools (oras, skopeo, crane, regclient) push and pull (spec/registry-api.md §11).
+tools (oras, skopeo, crane, regclient) push and pull (spec/registry-api.md §10).
 
 - :mod:`.routes` — the endpoints; :mod:`.auth` — credentials, challenges and the token endpoint;
 - :mod:`.errors` — errors in the OCI shape ``{"errors": [{"code", "message", "detail"}]}``.

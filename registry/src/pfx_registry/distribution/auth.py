@@ -1,4 +1,4 @@
-"""Who calls /v2/, as docker, oras and skopeo authenticate (spec/registry-api.md §11.3).
+"""Who calls /v2/, as docker, oras and skopeo authenticate (spec/registry-api.md §10.3).
 
 A /v2/ request carries ``Authorization: Bearer <token>`` — a pfx API token, or the anonymous
 token that ``GET /v2/token`` hands out without credentials — or ``Basic`` credentials whose

@@ -1,4 +1,4 @@
-"""The OCI Distribution API v1.1 at /v2/ (spec/registry-api.md §11): pull, push, tags,
+"""The OCI Distribution API v1.1 at /v2/ (spec/registry-api.md §10): pull, push, tags,
 referrers. Repository names are ``NS/NAME``, the pfx repository of the same name; a concept is
 an OCI artifact (spec/concept-format.md §9); a manifest pushed here is validated like a pfx push
 and becomes a pfx version (service/oci.py has the mapping).

@@ -1,8 +1,8 @@
-"""What the OCI distribution API (/v2/, spec/registry-api.md §11) does to the index: manifests
+"""What the OCI distribution API (/v2/, spec/registry-api.md §10) does to the index: manifests
 of versions (pushed ones kept byte for byte, canonical ones generated), the OCI tag list,
 referrers, and blob uploads in progress.
 
-Mapping (§11.2): an OCI tag resolves like a pfx reference (a version name, else a tag). Pushing a
+Mapping (§10.2): an OCI tag resolves like a pfx reference (a version name, else a tag). Pushing a
 concept manifest to ``T`` publishes the file as version ``T`` when no version or tag has that
 name (immutable from then on); to an existing tag, or to ``latest``, it moves that tag to the
 version holding the file (created as ``oci-<12 hex of the file digest>`` when there is none); to
@@ -240,7 +240,7 @@ def put_concept_manifest(
     manifest: pf.oci.Manifest,
     concept: pf.Concept,
 ) -> str:
-    """Publish the concept a manifest carries (§11.2's mapping) and keep the manifest; its
+    """Publish the concept a manifest carries (§10.2's mapping) and keep the manifest; its
     digest. ``concept`` is the layer's file, already read and validated by the caller."""
     layer = manifest.concept_file()
     _require_blobs(connection, caller, manifest)
