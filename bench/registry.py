@@ -73,6 +73,8 @@ CONNECTIONS = (1, 16, 64)
 DOWNLOAD_VS_NGINX = 0.3
 DOWNLOAD_VS_PYPISERVER = 10.0
 RESOLVE_VS_BARE_JSON = 0.7
+#: Issue 16: downloads through /v2/ blobs keep the hot-path performance of /v1/.
+OCI_BLOB_VS_DOWNLOAD = 0.9
 RESOLVE_P99_MS = 25.0
 SEARCH_P50_MS = 10.0
 PAGE_P50_MS = 20.0
@@ -443,6 +445,11 @@ class Bench:
         )
         return result.stdout.strip().splitlines()[-1]
 
+    @property
+    def oci_blob_path(self) -> str:
+        """The /v2/ path of the benchmark concept's file (the same bytes as DOWNLOAD_PATH)."""
+        return f"/v2/{NAMESPACE}/{CONCEPT}/blobs/{pf.content_digest(self.concept)}"
+
     def registry_with_concept(self, name: str, env: dict[str, str]) -> tuple[str, Any]:
         """A registry on ``env``'s backends with the 64 KiB concept published publicly."""
         data = self.root / name
@@ -467,11 +474,17 @@ class Bench:
             self.sweep(
                 "embedded.download", "registry folder+SQLite", "download", url + DOWNLOAD_PATH
             )
+            self.sweep(
+                "embedded.oci_blob",
+                "registry folder+SQLite",
+                "OCI blob (GET /v2/…/blobs/<digest>)",
+                url + self.oci_blob_path,
+            )
         finally:
             self.processes.stop(process)
         self.emit_series(
             "Registry on embedded defaults (folder + SQLite), single uvicorn process",
-            ["embedded.healthz", "embedded.resolve", "embedded.download"],
+            ["embedded.healthz", "embedded.resolve", "embedded.download", "embedded.oci_blob"],
         )
 
     def s3(self) -> None:
@@ -508,6 +521,7 @@ class Bench:
         try:
             self.sweep("s3.resolve", server, "resolve", url + RESOLVE_PATH)
             self.sweep("s3.download", server, "download (streamed)", url + DOWNLOAD_PATH)
+            self.sweep("s3.oci_blob", server, "OCI blob (streamed)", url + self.oci_blob_path)
         finally:
             self.processes.stop(process)
         url, process = self.start_registry(
@@ -522,7 +536,7 @@ class Bench:
             self.processes.stop(moto)
         self.emit_series(
             "Registry on S3 (moto server) + PostgreSQL 15, single uvicorn process",
-            ["s3.resolve", "s3.download", "s3.redirect"],
+            ["s3.resolve", "s3.download", "s3.oci_blob", "s3.redirect"],
         )
 
     # -- reference servers
@@ -905,6 +919,12 @@ class Bench:
                 f"resolve {name} vs bare JSON",
             )
             p99(f"{prefix}.resolve", f"resolve {name}")
+            ratio(
+                f"{prefix}.oci_blob",
+                f"{prefix}.download",
+                OCI_BLOB_VS_DOWNLOAD,
+                f"/v2/ blob vs /v1/ download {name}",
+            )
 
         def p50_goal(label: str, p50: float, goal: float) -> None:
             met = "met" if p50 <= goal else "MISSED"
