@@ -128,7 +128,8 @@ def _allowed_methods(request: Request) -> list[str]:
     """Every method some route answers at the request's path, from the API's own description
     (Starlette's 405 names only the first route that matched the path); HEAD wherever GET is."""
     methods: set[str] = set()
-    for router in (distribution.router, *web.ROUTERS):
+    methods |= distribution.route_methods(request.url.path)
+    for router in web.ROUTERS:
         methods |= web.router_methods(router, request.url.path)
     for template, path_item in request.app.openapi()["paths"].items():
         if compile_path(template)[0].match(request.url.path):
@@ -163,7 +164,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.metrics = Metrics()
     app.state.readiness = Readiness(registry)
     _install_error_handlers(app)
-    for router in (*ROUTERS, distribution.router, *web.ROUTERS):
+    app.router.routes.insert(0, distribution.V2Mount())
+    for router in (*ROUTERS, *web.ROUTERS):
         app.include_router(router)
     install_openapi(app)
     app.add_middleware(

@@ -31,7 +31,14 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["CALLER_NAME", "MULTIPROCESS_VARIABLE", "Metrics", "RateLimit", "RequestAccounting"]
+__all__ = [
+    "CALLER_NAME",
+    "MULTIPROCESS_VARIABLE",
+    "ROUTE_PREFIX",
+    "Metrics",
+    "RateLimit",
+    "RequestAccounting",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,6 +49,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 access_log = logging.getLogger("pfx_registry.access")
 #: Where the app leaves the caller's user name for the access log (``scope["state"]``).
 CALLER_NAME = "pfx_caller"
+#: Scope key a mount sets to its path prefix, so that its routes are labelled in full.
+ROUTE_PREFIX = "pfx.route_prefix"
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
 #: The variable that puts prometheus_client in multiprocess mode (set by ``serve --workers N``).
@@ -194,7 +203,9 @@ class RequestAccounting:
                 return message
 
             await self.app(scope, receive_bounded, send_from_app)
-        route = getattr(scope.get("route"), "path", "unmatched")
+        route = getattr(scope.get("route"), "path", None)
+        # a mounted route's path is relative to its mount (/v2/): label it in full
+        route = scope.get(ROUTE_PREFIX, "") + route if route else "unmatched"
         seconds = time.perf_counter() - started
         self.metrics.observe(scope["method"], route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):

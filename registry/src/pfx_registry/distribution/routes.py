@@ -28,7 +28,8 @@ from .auth import ANONYMOUS_TOKEN, basic_token, challenge, oci_caller, token_cal
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v2", include_in_schema=False)
+#: The routes, relative to /v2 (the app mounts them there: see :func:`.mount`).
+router = APIRouter(include_in_schema=False)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 #: Largest ``n`` of a tag list page.
