@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -165,7 +166,9 @@ class ConceptSet:
         self._vectors = self._stacked_vectors()
         self._gate_values = [(c.beta, c.tau) for c in concepts]
         self._gates = self._gate_tensors()
-        self._last: tuple[Tensor, int, _DeviceCache, EditInputs] | None = None
+        self.version = 0
+        """Incremented by :meth:`set_gate` and :meth:`set_vectors`: what the K/V cache checks."""
+        self._last: tuple[weakref.ref[Tensor], int, _DeviceCache, EditInputs] | None = None
         self._last_split: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
 
     def _stacked_vectors(self) -> _DeviceCache:
@@ -215,6 +218,7 @@ class ConceptSet:
         check_gate(beta, tau)
         self._gate_values[index] = (beta, tau)
         self._gates = self._gate_tensors()
+        self.version += 1
 
     def set_vectors(
         self,
@@ -234,6 +238,7 @@ class ConceptSet:
         )
         self._vectors = self._stacked_vectors()
         self._last = None
+        self.version += 1
 
     def vectors(self, device: torch.device) -> dict[str, Tensor]:
         """``targets``, ``directions``, ``key_inputs`` and the ``locked`` mask [N] on ``device``."""
@@ -257,12 +262,12 @@ class ConceptSet:
 
         A UNet passes the same encodings tensor to each of its cross-attention layers, so the
         result for the last tensor seen is kept (until it changes in place, or a gate changes)
-        and every layer after the first reuses it.
+        and every layer after the first reuses it. The tensor itself is not kept alive.
         """
         last = self._last
         if (
             last is not None
-            and last[0] is encodings
+            and last[0]() is encodings
             and last[1] == encodings._version
             and last[2] is self._gates
         ):
@@ -278,7 +283,7 @@ class ConceptSet:
         result = EditInputs(
             scores, gate, value_inputs.to(encodings.dtype), key_inputs.to(encodings.dtype)
         )
-        self._last = (encodings, encodings._version, self._gates, result)
+        self._last = (weakref.ref(encodings), encodings._version, self._gates, result)
         return result
 
 
@@ -298,6 +303,11 @@ class LayerEdit:
         if key_targets is not None:
             tensors["keys"] = key_targets.float()
         self._targets = _DeviceCache(tensors)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether a target requires grad (training): its K and V are then never cached."""
+        return any(t.requires_grad for t in self._targets.master.values())
 
     @property
     def nbytes(self) -> int:

@@ -314,6 +314,15 @@ class PerfusionHandle:
             index, current_beta if beta is None else beta, current_tau if tau is None else tau
         )
 
+    def clear_cache(self) -> None:
+        """Drop the cached edited K and V of every layer (they are recomputed at the next call).
+
+        Never needed after anything the cache can see (new encodings, ``set_gate``, LoRA
+        scales, weights written in place, dtype or device moves: :mod:`perfusion_runtime.
+        kv_cache`); only after writes that bypass PyTorch's version counters, such as
+        ``weight.data.copy_(…)`` on a projection or ``prompt_embeds`` changed through NumPy."""
+        self._patch.clear_cache()
+
     def _index(self, token: str) -> int:
         if token not in self._concepts.tokens:
             raise PerfusionRuntimeError(
@@ -352,6 +361,7 @@ def apply(
     tau: float | None = None,
     global_locking: bool = False,
     allow_base_mismatch: bool = False,
+    kv_cache: bool = True,
 ) -> PerfusionHandle:
     """Apply Perfusion concepts to a diffusers Stable Diffusion pipeline.
 
@@ -359,7 +369,10 @@ def apply(
     them). ``beta``/``tau`` override every concept's default inference gate (each file carries
     its own); change them per concept later with :meth:`PerfusionHandle.set_gate`. With
     ``global_locking`` keys are computed from the prompt with each trigger token replaced by its
-    superclass word. Several concepts combine as in the paper's appendix B.
+    superclass word. Several concepts combine as in the paper's appendix B. Each layer computes
+    its edited keys and values once per generation and reuses them at the following denoising
+    steps (:mod:`perfusion_runtime.kv_cache` says what that cache is keyed by); ``kv_cache=False``
+    computes them at every step.
 
     Everything is checked before the pipeline is touched; refusals raise
     :class:`~perfusion_format.FormatError` (a bad file) or
@@ -388,7 +401,7 @@ def apply(
         for encoder, _ in layout.text_encoders
     }
     superclasses = {c.token: c.superclass for c in loaded} if global_locking else None
-    return install(pipe, _layer_edits(vectors, layout), rows, superclasses)
+    return install(pipe, _layer_edits(vectors, layout), rows, superclasses, kv_cache=kv_cache)
 
 
 def install(
@@ -396,13 +409,16 @@ def install(
     edits: dict[str, LayerEdit],
     rows: dict[str, torch.Tensor],
     superclasses: dict[str, str] | None = None,
+    *,
+    kv_cache: bool = True,
 ) -> PerfusionHandle:
     """Put prepared edits into ``pipe`` and return the handle that takes them out again.
 
     ``edits`` (one :class:`LayerEdit` per attn2 path, sharing one :class:`ConceptSet`) go on the
     UNet's processors; ``rows`` [N, d_enc] per text encoder are the concepts' embeddings, in the
     concept set's order, read by a :class:`ConceptEmbedding` behind a tokenizer that knows the
-    tokens. With ``superclasses`` (token → word), global locking. Only ALREADY_APPLIED is checked
+    tokens. With ``superclasses`` (token → word), global locking; ``kv_cache`` as in
+    :func:`apply`. Only ALREADY_APPLIED is checked
     here: :func:`apply` validates the files first; training passes its trainable tensors.
     """
     check_not_applied(pipe)
@@ -422,7 +438,7 @@ def install(
         encoder.set_input_embeddings(embedding)
         setattr(pipe, tokenizer_name, extended)
         nbytes += embedding.rows.numel() * embedding.rows.element_size()
-    patch = patch_cross_attention(pipe.unet, edits, superclasses is not None)
+    patch = patch_cross_attention(pipe.unet, edits, superclasses is not None, kv_cache)
     if superclasses is not None:
         _wrap_encode_prompt(pipe, superclasses)
     handle = PerfusionHandle(pipe, concept_set, patch, originals, nbytes)
