@@ -1,11 +1,19 @@
 """Trigger tokens: a tokenizer that knows them and an embedding layer that looks them up.
 
 Neither the pipeline's tokenizer nor its embedding table is modified. The pipeline gets a copy of
-the tokenizer with the tokens added (copies are cached per token set, so re-applying the same
-concepts costs nothing), and the text encoder's input embedding is wrapped by
+the tokenizer with the tokens added, and the text encoder's input embedding is wrapped by
 :class:`ConceptEmbedding`, which answers the new ids from a small table of its own and every
 other id from the original layer. Removing concepts puts the original objects back, which is
 what makes the pipeline bit-identical afterwards — and avoids resizing a 49,408-row table.
+
+The copy does not copy the vocabulary. A tokenizer backed by the ``tokenizers`` library (every
+CLIP tokenizer of transformers 5) keeps its vocabulary and merges in a Rust model that the copy
+shares, read-only, with the original; the copy has its own added-token table (the original's
+added tokens, re-added with the same ids, checked, then the trigger tokens), its own padding and
+truncation settings, and deep copies of the Python-side attributes except large read-only tables
+(the merges list). So a new token set costs about a millisecond instead of the ~190 ms a
+``copy.deepcopy`` of a 49,408-token tokenizer takes; other tokenizers are deep-copied. The last
+copy per tokenizer is also cached, so re-applying the same tokens costs nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from .errors import PerfusionRuntimeError, RuntimeErrorCode
 __all__ = ["ConceptEmbedding", "extended_tokenizer", "in_vocabulary"]
 
 _COPIES: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+#: Python-side containers at least this long are shared with the copy, not copied (read-only).
+_SHARED_LENGTH = 1000
 
 
 def in_vocabulary(tokenizer: Any, token: str) -> bool:
@@ -31,15 +41,59 @@ def in_vocabulary(tokenizer: Any, token: str) -> bool:
     return len(tokenizer(token, add_special_tokens=False).input_ids) == 1
 
 
+def _added_tokens(backend: Any) -> list[tuple[int, str]]:
+    return [(i, repr(token)) for i, token in sorted(backend.get_added_tokens_decoder().items())]
+
+
+def _backend_sharing_model(backend: Any) -> Any | None:
+    """A ``tokenizers.Tokenizer`` that shares ``backend``'s model, normalizer, pre-tokenizer,
+    post-processor and decoder and has its own copy of the added tokens, padding and truncation;
+    None when it would differ from ``backend`` (checked: the same added tokens with the same ids).
+    """
+    from tokenizers import Tokenizer
+
+    if type(backend) is not Tokenizer:
+        return None
+    clone = Tokenizer(backend.model)
+    for name in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        component = getattr(backend, name)
+        if component is not None:
+            setattr(clone, name, component)
+    for _, token in sorted(backend.get_added_tokens_decoder().items()):
+        (clone.add_special_tokens if token.special else clone.add_tokens)([token])
+    if _added_tokens(clone) != _added_tokens(backend):
+        return None
+    if backend.truncation is not None:
+        clone.enable_truncation(**backend.truncation)
+    if backend.padding is not None:
+        clone.enable_padding(**backend.padding)
+    clone.encode_special_tokens = backend.encode_special_tokens
+    return clone
+
+
+def _copy(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` whose added tokens can change without touching the original's,
+    sharing the vocabulary where the backend allows (module docstring)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    clone = None if backend is None else _backend_sharing_model(backend)
+    if clone is None:
+        return copy.deepcopy(tokenizer)
+    memo: dict[int, Any] = {id(backend): clone}
+    for value in vars(tokenizer).values():
+        if isinstance(value, list | dict | tuple) and len(value) >= _SHARED_LENGTH:
+            memo[id(value)] = value
+    return copy.deepcopy(tokenizer, memo)
+
+
 def extended_tokenizer(tokenizer: Any, tokens: Sequence[str]) -> Any:
     """A copy of ``tokenizer`` that also knows ``tokens``, with ids ``len(tokenizer)``,
-    ``len(tokenizer) + 1``, … in order. The last copy per tokenizer is cached and reused for the
-    same tokens.
+    ``len(tokenizer) + 1``, … in order; ``tokenizer`` itself is not changed. The last copy per
+    tokenizer is cached and reused for the same tokens.
     """
     key = (tuple(tokens), len(tokenizer))
     cached = _COPIES.get(tokenizer)
     if cached is None or cached[0] != key:
-        extended = copy.deepcopy(tokenizer)
+        extended = _copy(tokenizer)
         extended.add_tokens(list(tokens))
         ids = [extended.convert_tokens_to_ids(token) for token in tokens]
         if ids != list(range(len(tokenizer), len(tokenizer) + len(tokens))):
