@@ -76,3 +76,8 @@ if _registry_installed():
     registry_server = _load_fixture_module(
         "registry_server", REPO / "tests" / "client" / "registry_server.py"
     ).registry_server
+
+    # OCI registries nobody here wrote: the CNCF distribution registry (tests/oci_registries.py).
+    _oci_registries = _load_fixture_module("oci_registries", REPO / "tests" / "oci_registries.py")
+    distribution_registry = _oci_registries.distribution_registry
+    distribution_registry_with_auth = _oci_registries.distribution_registry_with_auth

@@ -112,13 +112,19 @@ def _run_registry(arguments: list[str], environment: dict[str, str], log: Path) 
     return result.stdout
 
 
-def wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    """Poll ``/readyz`` until it answers 200; fail with the server's output if the process
-    exits or 120 s pass (a loaded 2-core machine starts slowly)."""
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    log: Path,
+    probe: str = "/readyz",
+    ready: tuple[int, ...] = (200,),
+) -> None:
+    """Poll ``probe`` until it answers one of the ``ready`` statuses; fail with the server's
+    output if the process exits or 120 s pass (a loaded 2-core machine starts slowly)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1.0, trust_env=False).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1.0, trust_env=False).status_code in ready:
                 return
         except httpx.TransportError:
             pass

@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from cli_runners import (  # noqa: F401 — fixtures
     signer,
 )
 from concept_factory import VECTORS
+from oci_registries import Distribution, require_skopeo
 from registry_server import Account, RegistryServer, unique_name
 
 import perfusion_format as pf
@@ -97,39 +97,12 @@ def test_oras_pulls_what_pfx_push_sent(
 # -- skopeo and the CNCF distribution registry ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The CNCF distribution registry (Debian's ``docker-registry``) on a loopback port; its
-    ``host:port``."""
-    binary = shutil.which("docker-registry")
-    if binary is None or shutil.which("skopeo") is None:
-        pytest.skip("needs docker-registry and skopeo: apt-get install -y docker-registry skopeo")
-    from backends import free_port, stop_process
-
-    folder = tmp_path_factory.mktemp("distribution")
-    address = f"127.0.0.1:{free_port()}"
-    config = folder / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: {address}\n"
-    )
-    process = subprocess.Popen(
-        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        import httpx
-
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            subprocess.run(["sleep", "0.1"], check=True)
-        yield address
-    finally:
-        stop_process(process)
+@pytest.fixture
+def distribution(distribution_registry: Distribution) -> str:
+    """The CNCF distribution registry (Debian's ``docker-registry``, tests/oci_registries.py) on
+    a loopback port, with skopeo installed; its ``host:port``."""
+    require_skopeo()
+    return distribution_registry.host
 
 
 def skopeo(*args: str, auth_file: Path) -> subprocess.CompletedProcess[str]:

@@ -177,13 +177,24 @@ def test_a_replaced_key_file_is_config_invalid(policy: TrustPolicy, folder: Path
         ("a*/teddy", "acme/teddy", True),
         ("a*/teddy", "acme/other", False),
         ("*/teddy", "other/teddy", True),
+        # OCI names, HOST[:PORT]/REPO: part by part, wildcards never cross a '/'
+        ("127.0.0.1:5000/acme/*", "127.0.0.1:5000/acme/teddy", True),
+        ("127.0.0.1:5000/acme/*", "127.0.0.1:5001/acme/teddy", False),
+        ("127.0.0.1:5000/acme/*", "127.0.0.1:5000/acme/x/teddy", False),
+        ("127.0.0.1:5000/acme/*/*", "127.0.0.1:5000/acme/x/teddy", True),
+        ("*/acme/teddy", "ghcr.io/acme/teddy", True),
+        ("ghcr.io/*", "ghcr.io/acme/teddy", False),
+        ("acme/*/x", "acme/teddy/x", True),
+        ("*", "ghcr.io/acme/teddy", True),
     ],
 )
 def test_patterns(pattern: str, repository: str, matches: bool) -> None:
     assert TrustRule(pattern, TRUSTED_ID).matches(repository) is matches
 
 
-@pytest.mark.parametrize("pattern", ["acme", "Acme/*", "acme/*/x", "/x", "acme/", "", "ac[m]e/*"])
+@pytest.mark.parametrize(
+    "pattern", ["acme", "Acme/*", "acme//x", "/x", "acme/", "", "ac[m]e/*", "host/a:b/*"]
+)
 def test_malformed_patterns_are_refused(pattern: str) -> None:
     with pytest.raises(ClientError) as caught:
         TrustRule(pattern, TRUSTED_ID)
@@ -250,7 +261,9 @@ def test_other_format_errors_are_not_a_trust_question(policy: TrustPolicy) -> No
     assert caught.value.code == pf.ErrorCode.TRUNCATED
 
 
-@pytest.mark.parametrize("repository", ["acme", "acme/teddy/x", "../acme/teddy", "Acme/teddy"])
+@pytest.mark.parametrize(
+    "repository", ["acme", "acme//x", "../acme/teddy", "Acme/teddy", "h:99999/a", "h/a:b/c"]
+)
 def test_a_malformed_repository_is_refused(policy: TrustPolicy, repository: str) -> None:
     with pytest.raises(ClientError) as caught:
         policy.evaluate(repository, BY_TRUSTED)

@@ -4,6 +4,7 @@ The one-line embedding::
 
     import pfx
     path = pfx.pull("acme/teddy:1.0")   # verified against its digest and your trust policy
+    path = pfx.pull("oci://ghcr.io/acme/teddy:1.0")   # from any OCI registry, the same way
 
 :class:`Client` speaks the registry API; :func:`push` and :func:`pull` are the whole operations
 the ``pfx`` command runs. Importing pfx is cheap: the names below load their modules on first use
@@ -58,8 +59,16 @@ def __getattr__(name: str) -> Any:
 
 
 def pull(reference: str, **options: Any) -> Path:
-    """Pull ``reference`` (``NS/NAME[:TAG]`` or ``NS/NAME@sha256:…``) and return the path of
-    its verified bytes in the cache; ``options`` are those of :func:`pfx.transfer.pull`."""
+    """Pull ``reference`` (``NS/NAME[:TAG]`` or ``NS/NAME@sha256:…`` from the pfx registry,
+    ``oci://HOST[:PORT]/REPO[:TAG|@sha256:…]`` from any OCI registry) and return the path of its
+    verified bytes in the cache; ``options`` are those of :func:`pfx.transfer.pull`, or of
+    :func:`pfx.oci.pull` for an OCI reference (``plain_http=True`` for a loopback registry)."""
+    from pfx.oci_reference import is_oci_reference
+
+    if is_oci_reference(reference):
+        from pfx.oci import pull as pull_oci
+
+        return pull_oci(reference, **options).path
     from pfx.transfer import pull as pull_concept
 
     return pull_concept(reference, **options).path

@@ -4,11 +4,16 @@ Layout under the root (:func:`pfx.config.cache_dir` by default)::
 
     blobs/sha256/<64 hex>                          the concept file's bytes, named by their SHA-256
     refs/<registry>/<namespace>/<name>/<ref>       a text file: "sha256:<64 hex>" (tag or version)
+    oci-refs/<host>/<repo…>/_tags/<tag>            the same for a tag of an OCI repository,
+    oci-refs/<host>/<repo…>/_manifests/<64 hex>    and for an OCI manifest digest
 
 ``<registry>`` is :func:`registry_slug` of the registry URL: its host and port, filesystem-safe
-(``http://127.0.0.1:8080`` → ``127.0.0.1_8080``). Namespaces, names, tags and versions follow the
-registry's rules (spec/registry-api.md §3), so no ref can name a path outside its folder: anything
-else is refused with REFERENCE_INVALID.
+(``http://127.0.0.1:8080`` → ``127.0.0.1_8080``); ``<host>`` likewise of an OCI ``HOST[:PORT]``.
+Namespaces, names, tags and versions follow the registry's rules (spec/registry-api.md §3), OCI
+repositories (one folder per path component) and tags the distribution spec's, so no ref can name
+a path outside its folder: anything else is refused with REFERENCE_INVALID. Every OCI ref holds
+the digest of the concept *file* (the manifest's one layer), so a tag or a manifest digest pulled
+once resolves offline; ``_tags`` and ``_manifests`` cannot be repository components.
 
 Rules the cache keeps:
 
@@ -50,6 +55,7 @@ from perfusion_format import (
 )
 from pfx.config import cache_dir, make_private_dirs, write_private_file
 from pfx.errors import ClientError, ErrorCode
+from pfx.oci_reference import is_oci_repository
 
 __all__ = ["Cache", "CacheEntry", "PruneReport", "registry_slug", "split_repository"]
 
@@ -57,6 +63,9 @@ _SLUG = re.compile(r"[a-z0-9_][a-z0-9._-]*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BLOBS = ("blobs", "sha256")
 _REFS = "refs"
+_OCI_REFS = "oci-refs"
+_OCI_TAGS = "_tags"
+_OCI_MANIFESTS = "_manifests"
 _MAX_REF_FILE = 128
 _STALE_TEMPORARY = timedelta(hours=1)
 
@@ -114,6 +123,22 @@ def _ref_parts(registry: str, namespace: str, name: str, ref: str) -> tuple[str,
     if not is_tag(ref):
         raise _invalid(f"{ref!r} is not a valid tag or version")
     return (registry_slug(registry), namespace, name, ref)
+
+
+def _oci_ref_parts(host: str, repository: str, ref: str) -> tuple[str, ...]:
+    """The folder names of an OCI ref file below ``oci-refs/``, each checked."""
+    slug = re.sub(r"[^a-z0-9.-]", "_", host.lower())
+    if not _SLUG.fullmatch(slug):
+        raise _invalid(f"{host!r} is not a registry host")
+    if not is_oci_repository(repository):
+        raise _invalid(f"{repository!r} is not an OCI repository name")
+    if is_digest(ref):
+        kind, file_name = _OCI_MANIFESTS, _hex(ref)
+    elif is_tag(ref):
+        kind, file_name = _OCI_TAGS, ref
+    else:
+        raise _invalid(f"{ref!r} is not a valid tag or digest")
+    return (slug, *repository.split("/"), kind, file_name)
 
 
 def _intact(path: Path, *, touch: bool = False) -> bool | None:
@@ -295,6 +320,48 @@ class Cache:
         folder = self._folder((_REFS, *parents), create=False)
         return None if folder is None else _read_ref(folder / file_name)
 
+    def set_oci_ref(self, host: str, repository: str, ref: str, digest: str) -> None:
+        """Record that the tag or manifest digest ``ref`` of the OCI repository ``repository`` on
+        ``host`` (``HOST[:PORT]``) holds the concept file ``digest``."""
+        *parents, file_name = _oci_ref_parts(host, repository, ref)
+        _hex(digest)
+        folder = self._folder((_OCI_REFS, *parents), create=True)
+        assert folder is not None  # created
+        write_private_file(folder / file_name, f"{digest}\n".encode("ascii"))
+
+    def oci_ref(self, host: str, repository: str, ref: str) -> str | None:
+        """The concept file digest the OCI tag or manifest digest ``ref`` last held, or None."""
+        *parents, file_name = _oci_ref_parts(host, repository, ref)
+        folder = self._folder((_OCI_REFS, *parents), create=False)
+        return None if folder is None else _read_ref(folder / file_name)
+
+    def _all_refs(self) -> Iterator[_Ref]:
+        """Every valid ref file, the registry's and the OCI ones."""
+        yield from self._refs()
+        yield from self._oci_refs()
+
+    def _oci_refs(self) -> Iterator[_Ref]:
+        """Every valid OCI ref file, labelled ``oci/<host>/<repo>:<tag>`` or ``…@sha256:<hex>``;
+        unreadable ones are removed on the way."""
+        root = self._folder((_OCI_REFS,), create=False)
+        if root is None:
+            return
+        for folder, _, files in os.walk(root):  # os.walk does not descend into links
+            where = Path(folder)
+            if where.name not in (_OCI_TAGS, _OCI_MANIFESTS):
+                continue
+            label = "oci/" + where.parent.relative_to(root).as_posix()
+            for name in sorted(files):
+                if where.name == _OCI_TAGS and is_tag(name):
+                    shown = f"{label}:{name}"
+                elif where.name == _OCI_MANIFESTS and is_digest(f"sha256:{name}"):
+                    shown = f"{label}@sha256:{name}"
+                else:
+                    continue
+                digest = _read_ref(where / name)
+                if digest is not None:
+                    yield _Ref(where / name, shown, digest)
+
     def _refs(self) -> Iterator[_Ref]:
         """Every valid ref file; unreadable ones are removed on the way (as :meth:`ref` does)."""
         level: list[tuple[Path | None, str]] = [(self._folder((_REFS,), create=False), "")]
@@ -317,7 +384,7 @@ class Cache:
     def entries(self) -> list[CacheEntry]:
         """Every cached blob with the refs that point at it, most recently used first."""
         refs: dict[str, list[str]] = {}
-        for ref in self._refs():
+        for ref in self._all_refs():
             refs.setdefault(ref.digest, []).append(ref.label)
         entries = [
             CacheEntry(
@@ -337,7 +404,7 @@ class Cache:
         and temporary files older than an hour."""
         now = time.time()
         cutoff = None if older_than is None else now - older_than.total_seconds()
-        refs = list(self._refs())
+        refs = list(self._all_refs())
         referenced = {ref.digest for ref in refs}
         removed: list[str] = []
         freed = 0

@@ -6,11 +6,16 @@ Folders:
   (``config.toml``, the trust policy, keys);
 - cache: ``$PFX_CACHE_DIR``, else ``$XDG_CACHE_HOME/pfx``, else ``~/.cache/pfx``.
 
-``config.toml`` holds up to three string keys::
+``config.toml`` holds up to three string keys, and the credentials ``pfx login oci://HOST`` saved
+for OCI registries, keyed by ``HOST[:PORT]``::
 
     registry = "https://registry.example.com"   # the registry to talk to
     token = "pfx_..."                            # the API token for it
     default_key = "~/.config/pfx/keys/pfx_ed25519"  # private key that signs pushes
+
+    [oci."ghcr.io"]                              # an OCI registry's user name and password
+    username = "alice"
+    password = "ghp_..."
 
 Settings are resolved flags > environment (``PFX_REGISTRY``, ``PFX_TOKEN``, ``PFX_OFFLINE``) >
 config file > defaults. A file that is not valid TOML, has an unknown key or a value that is not a
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +37,12 @@ import tomli_w
 
 from perfusion_format import write_atomic
 from pfx.errors import ClientError, ErrorCode
+from pfx.oci_reference import parse_oci_host
 
 __all__ = [
     "CONFIG_FILE_NAME",
     "Config",
+    "OciLogin",
     "cache_dir",
     "config_dir",
     "config_file",
@@ -106,6 +113,14 @@ def read_toml(path: Path) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
+class OciLogin:
+    """The credentials of one OCI registry, sent as HTTP Basic (or to its token service)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """The settings stored in ``config.toml``; None where the file does not set a key."""
 
@@ -118,21 +133,49 @@ class Config:
     default_key: Path | None = None
     """The private key file (PEM) that signs pushed concepts."""
 
+    oci: dict[str, OciLogin] = field(default_factory=dict)
+    """The credentials ``pfx login oci://HOST`` saved, by ``HOST[:PORT]``."""
+
 
 _KEYS = ("registry", "token", "default_key")
+_OCI = "oci"
+
+
+def _oci_logins(path: Path, table: object) -> dict[str, OciLogin]:
+    """The ``oci`` table of the config file at ``path``, checked."""
+    if not isinstance(table, dict):
+        raise ClientError(ErrorCode.CONFIG_INVALID, f"{path}: oci must be a table")
+    logins = {}
+    for host, entry in table.items():
+        fields = entry if isinstance(entry, dict) else {}
+        if set(fields) != {"username", "password"} or not all(
+            isinstance(value, str) and value for value in fields.values()
+        ):
+            raise ClientError(
+                ErrorCode.CONFIG_INVALID,
+                f"{path}: oci.{host!r} must hold exactly a username and a password (strings)",
+            )
+        try:
+            key = parse_oci_host(f"oci://{host}")
+        except ClientError:
+            raise ClientError(ErrorCode.CONFIG_INVALID, f"{path}: {host!r} is no host") from None
+        logins[key] = OciLogin(fields["username"], fields["password"])
+    return logins
 
 
 def load_config() -> Config:
     """Read :func:`config_file`; an absent file gives an empty :class:`Config`.
 
     Raises ClientError (CONFIG_INVALID) when the file is not valid TOML, holds a key other than
-    ``registry``, ``token`` and ``default_key``, or a value that is not a non-empty string.
+    ``registry``, ``token``, ``default_key`` and ``oci``, or a value that is not a non-empty
+    string (``oci``: see the module docstring).
     """
     path = config_file()
     table = read_toml(path) or {}
-    unknown = sorted(set(table) - set(_KEYS))
+    unknown = sorted(set(table) - {*_KEYS, _OCI})
     if unknown:
         raise ClientError(ErrorCode.CONFIG_INVALID, f"{path}: unknown key {unknown[0]!r}")
+    oci = _oci_logins(path, table.pop(_OCI, {}))
     for key, value in table.items():
         if not isinstance(value, str) or not value:
             raise ClientError(ErrorCode.CONFIG_INVALID, f"{path}: {key} must be a non-empty string")
@@ -141,16 +184,22 @@ def load_config() -> Config:
         registry=table.get("registry"),
         token=table.get("token"),
         default_key=Path(key_path).expanduser() if key_path else None,
+        oci=oci,
     )
 
 
 def save_config(config: Config) -> Path:
     """Write ``config`` to :func:`config_file` (mode 0600, atomically); returns the file's path.
 
-    Keys that are None are left out of the file.
+    Keys that are None (and an empty ``oci`` table) are left out of the file.
     """
     values = {key: getattr(config, key) for key in _KEYS}
-    table = {key: str(value) for key, value in values.items() if value is not None}
+    table: dict[str, Any] = {key: str(value) for key, value in values.items() if value is not None}
+    if config.oci:
+        table[_OCI] = {
+            host: {"username": login.username, "password": login.password}
+            for host, login in sorted(config.oci.items())
+        }
     path = make_private_dirs(config_dir()) / CONFIG_FILE_NAME
     write_private_file(path, tomli_w.dumps(table).encode("utf-8"))
     return path

@@ -60,6 +60,10 @@ class ErrorCode(StrEnum):
     REGISTRY_PROTOCOL = "REGISTRY_PROTOCOL"
     """The registry's answer is not what its API specifies (not JSON, a field missing, …)."""
 
+    NOT_A_CONCEPT = "NOT_A_CONCEPT"
+    """An OCI reference names something other than a concept (a container image, an index,
+    another artifact type): spec/concept-format.md §9 says what a concept's manifest is."""
+
 
 class ClientError(PerfusionError):
     """A failure of the client's own, with one of the codes above (exit code 2)."""
@@ -67,9 +71,10 @@ class ClientError(PerfusionError):
 
 class RegistryError(ClientError):
     """The registry refused a request: its error ``code`` (``NOT_FOUND``, ``VERSION_EXISTS``,
-    ``SIGNATURE_REQUIRED``, ``RATE_LIMITED``, … — spec/registry-api.md §6), the HTTP ``status``,
-    the registry's own message ``detail`` and the answer's ``X-Request-ID`` (what the registry's
-    access log names the request by). ``message`` reads
+    ``SIGNATURE_REQUIRED``, ``RATE_LIMITED``, … — spec/registry-api.md §6; from an OCI registry
+    the distribution spec's: ``UNAUTHORIZED``, ``DENIED``, ``MANIFEST_UNKNOWN``, …), the HTTP
+    ``status``, the registry's own message ``detail`` and the answer's ``X-Request-ID`` (what
+    the registry's access log names the request by). ``message`` reads
     ``registry answered 404: concept alice/teddy not found (request 5f0c…)``."""
 
     def __init__(self, code: str, status: int, detail: str, request_id: str | None = None) -> None:

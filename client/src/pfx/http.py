@@ -3,9 +3,9 @@ turned into a result (:mod:`pfx.results`) or an error (:mod:`pfx.errors`).
 
 - **Retries.** Requests that are safe to repeat (``GET``, ``HEAD``, ``PUT``, ``DELETE``) are
   retried with exponential backoff and jitter on ``429``, ``502``, ``503``, ``504`` and transport
-  errors, honouring ``Retry-After`` (never waiting more than :data:`MAX_RETRY_WAIT`); a ``POST``
-  is retried only when the registry provably did nothing (the connection was never made, or
-  ``429``, which the registry answers before anything else).
+  errors (but a failed TLS handshake), honouring ``Retry-After`` (never waiting more than
+  :data:`MAX_RETRY_WAIT`); a ``POST`` is retried only when the registry provably did nothing
+  (the connection was never made, or ``429``, which the registry answers before anything else).
 - **Bounded answers.** An answer is read whole, and refused (``REGISTRY_PROTOCOL``) past
   :data:`MAX_ANSWER_BYTES`.
 - **Errors.** The registry's error answers raise :class:`~pfx.errors.RegistryError` (its
@@ -21,6 +21,7 @@ import json
 import math
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, is_dataclass
@@ -37,13 +38,16 @@ from pfx.errors import ClientError, ErrorCode, RegistryError
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "MAX_REDIRECTS",
     "MAX_RETRY_WAIT",
+    "REDIRECT_STATUSES",
     "Answer",
     "BaseClient",
     "Chunks",
     "Progress",
     "api_path",
     "compact",
+    "is_tls_failure",
     "parse_result",
     "result_member",
 ]
@@ -53,6 +57,10 @@ Progress = Callable[[int, int], None]
 
 #: The longest a retry waits, whatever ``Retry-After`` says.
 MAX_RETRY_WAIT = 30.0
+#: The most redirects a download follows.
+MAX_REDIRECTS = 5
+#: The statuses of redirects.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: Transport errors raised before any byte of the request left: safe to retry for every method.
@@ -206,6 +214,17 @@ def _retry_after(answer: Answer) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def is_tls_failure(error: BaseException) -> bool:
+    """Whether a transport error is a failed TLS handshake (a certificate, or a server that does
+    not speak TLS): trying again cannot help."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def compact(**values: Any) -> dict[str, Any]:
     """The arguments that are not ``None``: a request body or query without omitted fields."""
     return {name: value for name, value in values.items() if value is not None}
@@ -278,14 +297,15 @@ class BaseClient:
                 answer = self._attempt(sent, progress)
             except httpx.TransportError as error:
                 repeatable = method in _IDEMPOTENT or isinstance(error, _NOT_SENT)
-                if repeatable and attempt < self.retries:
+                if repeatable and attempt < self.retries and not is_tls_failure(error):
                     self._wait(attempt, None)
                     attempt += 1
                     continue
                 reason = str(error) or type(error).__name__
+                hint = self._unreachable_hint(error)
                 raise ClientError(
                     ErrorCode.REGISTRY_UNREACHABLE,
-                    f"no answer from {sent.url} after {attempt + 1} attempts: {reason}",
+                    f"no answer from {sent.url} after {attempt + 1} attempts: {reason}{hint}",
                 ) from error
             repeatable = method in _IDEMPOTENT or answer.status == 429
             if answer.status in _RETRY_STATUSES and repeatable and attempt < self.retries:
@@ -293,6 +313,10 @@ class BaseClient:
                 attempt += 1
                 continue
             return answer
+
+    def _unreachable_hint(self, error: httpx.TransportError) -> str:
+        """What to add to the message of a registry that could not be reached (nothing here)."""
+        return ""
 
     def _attempt(self, request: httpx.Request, progress: Progress | None) -> Answer:
         """Send ``request`` once and read the answer whole."""
@@ -348,13 +372,22 @@ class BaseClient:
         detail = result_member(error, "message", str, "error answer.error")
         return RegistryError(code, answer.status, detail[:_MAX_DETAIL], request_id)
 
-    def _bytes(self, path: str, progress: Progress | None) -> bytes:
-        """A blob's bytes from ``path``, following a 307 to a presigned URL without sending the
-        token there (the URL itself is the credential, spec §7)."""
-        answer = self._exchange("GET", path, progress=progress)
-        if answer.status == 307 and "location" in answer.headers:
+    def _follow(self, answer: Answer, progress: Progress | None) -> Answer:
+        """The answer at the end of the redirects ``answer`` starts (at most
+        :data:`MAX_REDIRECTS`), each followed with a ``GET`` that carries no credentials: the
+        target, such as a presigned storage URL, is its own credential and may be another host
+        (spec §7)."""
+        for _ in range(MAX_REDIRECTS):
+            if answer.status not in REDIRECT_STATUSES or "location" not in answer.headers:
+                break
             target = str(answer.url.join(answer.headers["location"]))
             answer = self._exchange("GET", target, authorized=False, progress=progress)
+        return answer
+
+    def _bytes(self, path: str, progress: Progress | None) -> bytes:
+        """A blob's bytes from ``path``, following redirects to a presigned URL without sending
+        the token there (:meth:`_follow`)."""
+        answer = self._follow(self._exchange("GET", path, progress=progress), progress)
         if answer.status == 200:
             return answer.body
         raise self._failure(answer)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # httpx loads only when a registry is contacted: cached pulls
     from pfx.http import Progress
     from pfx.results import PublishedVersion
 
-__all__ = ["PullResult", "PushResult", "connect", "pull", "push"]
+__all__ = ["PullResult", "PushResult", "accept", "connect", "prepare", "pull", "push"]
 
 
 def connect(registry: str | None = None, token: str | None = None) -> Client:
@@ -103,15 +103,33 @@ def pull(
                 f"{ref} is not in the cache and PFX_OFFLINE is set (pull it online first)",
             )
         registry, digest, path, data = _fetch(client, cache, ref, digest, progress)
-    decision = trust.evaluate(ref.repository, data, allow_unsigned=allow_unsigned)
-    require_trusted(decision)
     from_cache = path is not None
-    path = path or cache.store(digest, data)
+    path, decision = accept(
+        ref.repository, digest, data, path, cache, trust, allow_unsigned=allow_unsigned
+    )
     if registry and not ref.digest:
         cache.set_ref(registry, ref.namespace, ref.name, ref.target, digest)
     if output is not None:
         pf.write_atomic(output, data)
     return PullResult(str(ref), digest, output or path, len(data), from_cache, decision)
+
+
+def accept(
+    name: str,
+    digest: str,
+    data: bytes,
+    cached: Path | None,
+    cache: Cache,
+    trust: TrustPolicy,
+    *,
+    allow_unsigned: bool,
+) -> tuple[Path, TrustDecision]:
+    """Judge the bytes ``data`` of ``digest`` (checked against it already) published as ``name``
+    by the trust policy (a refusal raises, nothing stored), then keep them in the cache unless
+    they came from there (``cached``): their path in the cache and the trust decision."""
+    decision = trust.evaluate(name, data, allow_unsigned=allow_unsigned)
+    require_trusted(decision)
+    return cached or cache.store(digest, data), decision
 
 
 def _fetch(
@@ -141,6 +159,20 @@ def _download(client: Client, ref: Reference, digest: str, progress: Progress | 
             f"the registry sent bytes for {ref} that are not {digest}: refused, nothing kept",
         )
     return data
+
+
+def prepare(file: Path, sign_with: Path | None) -> tuple[bytes, pf.Concept]:
+    """The bytes to push of the concept ``file`` and the concept they hold: the file validated
+    (perfusion_format's codes on failure) and, with ``sign_with`` (a private key file; default:
+    the config file's ``default_key``), signed by that key. The file on disk is not changed."""
+    data = pf.read_bounded(file)
+    concept = pf.loads(data)
+    key_path = sign_with or load_config().default_key
+    if key_path is not None:
+        signed = pf.sign(concept, pf.load_private_key(key_path))
+        if signed is not concept:
+            concept, data = signed, pf.dumps(signed)
+    return data, concept
 
 
 @dataclass(frozen=True)
@@ -176,13 +208,7 @@ def push(
     repository's settings (a new repository is private)."""
     ref = parse_reference(reference, needs_version=True)
     assert ref.tag is not None
-    data = pf.read_bounded(file)
-    concept = pf.loads(data)
-    key_path = sign_with or load_config().default_key
-    if key_path is not None:
-        signed = pf.sign(concept, pf.load_private_key(key_path))
-        if signed is not concept:
-            data = pf.dumps(signed)
+    data, _ = prepare(file, sign_with)
     images = [pf.read_bounded(path) for path in previews]
     digest = pf.content_digest(data)
     with _session(client) as registry:

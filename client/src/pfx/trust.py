@@ -11,6 +11,14 @@ the pattern is ``<namespace>/<name>`` where each half may use ``*`` (any charact
 (one character), and neither crosses the ``/``: ``acme/*`` matches ``acme/teddy`` but neither
 ``acmex/teddy`` nor ``other/teddy``.
 
+A concept pulled from an OCI registry (``pfx pull oci://HOST[:PORT]/REPO:TAG``) is judged by the
+name ``HOST[:PORT]/REPO`` — ``127.0.0.1:5000/acme/teddy``, ``ghcr.io/acme/concepts/teddy`` — and a
+pattern for it has as many ``/``-separated parts, each matched on its own (wildcards never cross
+a ``/``): ``127.0.0.1:5000/acme/*`` matches ``127.0.0.1:5000/acme/teddy`` but not
+``127.0.0.1:5000/acme/x/teddy`` nor ``127.0.0.1:5001/acme/teddy``. A two-part pattern such as
+``localhost/*`` covers the pfx namespace ``localhost`` *and* the one-component repositories of the
+OCI host ``localhost``: name a host with its port, or with more parts, to keep them apart.
+
 :meth:`TrustPolicy.evaluate` gives a concept one :data:`Status`:
 
 - ``trusted``: a signature by a key trusted for its name holds;
@@ -53,6 +61,7 @@ from pfx.cache import split_repository
 from pfx.config import config_dir as default_config_dir
 from pfx.config import make_private_dirs, read_toml, write_private_file
 from pfx.errors import ClientError, ErrorCode
+from pfx.oci_reference import is_oci_name
 
 __all__ = [
     "TRUST_FILE_NAME",
@@ -74,7 +83,7 @@ Status = Literal["trusted", "untrusted", "unsigned", "invalid-signature"]
 """What a concept's signatures say about it (see the module docstring)."""
 
 _LEVELS: tuple[Level, ...] = get_args(Level)
-_PATTERN = re.compile(r"\*|[a-z0-9._*?-]+/[a-z0-9._*?-]+")
+_PATTERN = re.compile(r"\*|[a-z0-9._:*?-]+(?:/[a-z0-9._*?-]+)+")
 _KEY_ID = re.compile(r"ed25519:([0-9a-f]{32})")
 _REFUSAL_CODES: dict[Status, str] = {
     "untrusted": ErrorCode.UNTRUSTED,
@@ -100,18 +109,19 @@ class TrustRule:
     def __post_init__(self) -> None:
         if not _PATTERN.fullmatch(self.pattern):
             raise _usage(
-                f"{self.pattern!r} is not a trust pattern: '*' or '<namespace>/<name>', "
-                "lowercase, with * and ? as wildcards"
+                f"{self.pattern!r} is not a trust pattern: '*', '<namespace>/<name>' or "
+                "'<host[:port]>/<repository>', lowercase, with * and ? as wildcards"
             )
         if not _KEY_ID.fullmatch(self.key_id):
             raise _usage(f"{self.key_id!r} is not a key id (ed25519: and 32 lowercase hex)")
 
     def matches(self, repository: str) -> bool:
-        """True when this rule covers the concept ``namespace/name``.
-
-        Both hold exactly one ``/`` (or the pattern is ``*``), so no wildcard can cross it.
-        """
-        return fnmatchcase(repository, self.pattern)
+        """True when this rule covers the concept ``namespace/name`` (or the OCI repository
+        ``host/repo``): ``*``, or as many parts as the name, each matching its own."""
+        if self.pattern == "*":
+            return True
+        parts, names = self.pattern.split("/"), repository.split("/")
+        return len(parts) == len(names) and all(map(fnmatchcase, names, parts))
 
 
 @dataclass(frozen=True)
@@ -273,14 +283,16 @@ class TrustPolicy:
         self, repository: str, concept: bytes | pf.Concept, allow_unsigned: bool = False
     ) -> TrustDecision:
         """Judge ``concept`` (a validated :class:`~perfusion_format.Concept` or a file's bytes),
-        published as ``repository`` (``namespace/name``), against this policy.
+        published as ``repository`` (``namespace/name``, or ``host/repo`` from an OCI registry),
+        against this policy.
 
         ``allow_unsigned`` accepts unsigned concepts *and* validly signed ones by untrusted keys
         under ``enforce``; an invalid signature is refused even then (see the module docstring).
         Bytes that are not a valid concept file for other reasons than their signatures raise
         perfusion_format's FormatError; REFERENCE_INVALID when ``repository`` is malformed.
         """
-        split_repository(repository)
+        if not is_oci_name(repository):
+            split_repository(repository)
         try:
             loaded = concept if isinstance(concept, pf.Concept) else pf.loads(concept)
         except pf.SignatureError as error:

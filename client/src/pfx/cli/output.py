@@ -69,6 +69,7 @@ _REFUSED = frozenset(
     {
         ErrorCode.DIGEST_MISMATCH,
         ErrorCode.UNTRUSTED,
+        ErrorCode.NOT_A_CONCEPT,
         pf.ErrorCode.NOT_SIGNED,
         pf.ErrorCode.SIGNATURE_INVALID,
     }

@@ -3,7 +3,8 @@
 
 The registry is ``--registry URL``, else ``$PFX_REGISTRY``, else the one ``pfx login`` saved; the
 token likewise (``--token``, ``$PFX_TOKEN``, the config file). Transfers show a progress bar on
-stderr unless ``--json`` is given.
+stderr unless ``--json`` is given. ``push``, ``pull``, ``login`` and ``logout`` also take
+``oci://HOST[:PORT]/…`` for any OCI registry (:mod:`pfx.cli.oci_commands`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from pfx import transfer
+from pfx import oci, transfer
 from pfx.config import load_config, save_config
 from pfx.errors import ClientError, ErrorCode
+from pfx.oci_reference import is_oci_reference, parse_oci_host
 from pfx.reference import parse_reference
 
-from . import output
+from . import oci_commands, output
+from .oci_commands import PlainHttpFlag, refuse_options
 from .output import JsonFlag, cell, plain
 
 __all__ = ["register"]
@@ -71,27 +74,64 @@ def transfer_progress(description: str) -> Iterator[Callable[[int, int], None] |
         yield update
 
 
+def _secret(given: str | None, prompt: str, from_stdin: bool = False) -> str:
+    """``given``, else one line of stdin when it is piped (or ``from_stdin``), else a hidden
+    prompt; USAGE_ERROR when empty."""
+    if given is None:
+        given = (
+            sys.stdin.readline().strip()
+            if from_stdin or not sys.stdin.isatty()
+            else typer.prompt(prompt, hide_input=True)
+        )
+    if not given:
+        raise ClientError(ErrorCode.USAGE_ERROR, f"no {prompt.lower()} given")
+    return given
+
+
 def login(
-    url: Annotated[str, typer.Argument(help="The registry's URL, e.g. https://pfx.example.org.")],
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="The registry's URL, e.g. https://pfx.example.org, or oci://HOST[:PORT]."
+        ),
+    ],
     token: Annotated[
         str | None,
         typer.Option(
             "--token",
-            help="API token; default: read from stdin when piped, else prompted (hidden).",
+            help="API token (oci://: the password or access token); default: read from stdin "
+            "when piped, else prompted (hidden).",
             show_default=False,
         ),
     ] = None,
+    username: Annotated[
+        str | None,
+        typer.Option("--username", "-u", help="oci:// only: the user name.", show_default=False),
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="oci:// only: read the password from stdin.")
+    ] = False,
+    plain_http: PlainHttpFlag = False,
     json: JsonFlag = False,
 ) -> None:
-    """Check a token against a registry and save both in the config file (mode 0600)."""
-    if token is None:
-        token = (
-            sys.stdin.readline().strip()
-            if not sys.stdin.isatty()
-            else typer.prompt("Token", hide_input=True)
-        )
-    if not token:
-        raise ClientError(ErrorCode.USAGE_ERROR, "no token given")
+    """Check credentials against a registry and save them in the config file (mode 0600): a
+    pfx registry's token, or an OCI registry's user name and password."""
+    if is_oci_reference(url):
+        parse_oci_host(url)  # a malformed URL is refused before a password is asked for
+        if not username:
+            raise ClientError(ErrorCode.USAGE_ERROR, f"logging in to {url} needs --username")
+        if token is not None and password_stdin:
+            raise ClientError(ErrorCode.USAGE_ERROR, "give --token or --password-stdin, not both")
+        password = _secret(token, "Password", from_stdin=password_stdin)
+        oci_commands.login(url, username, password, plain_http)
+        return
+    refuse_options(
+        url,
+        {"--username": username is not None, "--password-stdin": password_stdin},
+        "they are for oci:// registries",
+    )
+    refuse_options(url, {"--plain-http": plain_http}, "a pfx registry's URL says its scheme")
+    token = _secret(token, "Token")
     from pfx.client import Client  # httpx: loaded by the commands that talk to a registry
 
     with Client(url, token) as client:
@@ -108,8 +148,25 @@ def login(
     )
 
 
-def logout(json: JsonFlag = False) -> None:
-    """Forget the saved token (the registry URL stays)."""
+def logout(
+    registry: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[oci://HOST]", help="Forget this OCI registry's credentials instead."
+        ),
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Forget the saved token (the registry URL stays), or an OCI registry's credentials."""
+    if registry is not None:
+        if not is_oci_reference(registry):
+            raise ClientError(
+                ErrorCode.USAGE_ERROR,
+                f"{registry!r}: pfx logout forgets the pfx registry's token without an "
+                "argument, or an OCI registry's credentials with oci://HOST[:PORT]",
+            )
+        oci_commands.logout(registry)
+        return
     config = load_config()
     had_token = config.token is not None
     if had_token:
@@ -144,7 +201,9 @@ def whoami(
 
 def push(
     file: Annotated[Path, typer.Argument(help="The concept file.", show_default=False)],
-    reference: Annotated[str, typer.Argument(help="NS/NAME:VERSION", show_default=False)],
+    reference: Annotated[
+        str, typer.Argument(help="NS/NAME:VERSION, or oci://HOST[:PORT]/REPO[:TAG]")
+    ],
     tag: Annotated[
         list[str] | None,
         typer.Option("--tag", "-t", help="Tag for (repeatable; default latest)"),
@@ -170,9 +229,26 @@ def push(
     label: Annotated[list[str] | None, typer.Option("--label", help="Label (repeatable).")] = None,
     registry: RegistryOption = None,
     token: TokenOption = None,
+    plain_http: PlainHttpFlag = False,
     json: JsonFlag = False,
 ) -> None:
-    """Validate, sign if asked, upload (unless the registry has the bytes) and publish."""
+    """Validate, sign if asked, upload (unless the registry has the bytes) and publish — to the
+    pfx registry, or as an OCI artifact to any OCI registry (oci://…)."""
+    if is_oci_reference(reference):
+        pfx_only = {
+            "--tag": bool(tag),
+            "--public/--private": public is not None,
+            "--preview": bool(preview),
+            "--description": description is not None,
+            "--label": bool(label),
+            "--registry": registry is not None,
+            "--token": token is not None,
+        }
+        refuse_options(reference, pfx_only, "an OCI push takes --sign, --plain-http and --json")
+        with transfer_progress("upload") as progress:
+            oci_commands.push(file, reference, sign, plain_http, progress)
+        return
+    refuse_options(reference, {"--plain-http": plain_http}, "it is for oci:// references")
     text = description.read_text(encoding="utf-8") if description else None
     with transfer.connect(registry, token) as client, transfer_progress("upload") as progress:
         result = transfer.push(
@@ -210,7 +286,12 @@ def push(
 
 def pull(
     reference: Annotated[
-        str, typer.Argument(help="NS/NAME[:TAG] or NS/NAME@sha256:DIGEST", show_default=False)
+        str,
+        typer.Argument(
+            help="NS/NAME[:TAG] or NS/NAME@sha256:DIGEST, or oci://HOST[:PORT]/REPO[:TAG] or "
+            "oci://HOST[:PORT]/REPO@sha256:MANIFEST",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the file here.")
@@ -224,22 +305,13 @@ def pull(
     ] = False,
     registry: RegistryOption = None,
     token: TokenOption = None,
+    plain_http: PlainHttpFlag = False,
     json: JsonFlag = False,
 ) -> None:
-    """Fetch a concept into the cache, verified against its digest and your trust policy."""
+    """Fetch a concept into the cache, verified against its digest and your trust policy (from
+    the pfx registry, or from any OCI registry: oci://…)."""
     with transfer_progress("download") as progress:
-        client = transfer.connect(registry, token) if registry or token else None
-        try:
-            result = transfer.pull(
-                reference,
-                client=client,
-                allow_unsigned=allow_unsigned,
-                output=out,
-                progress=progress,
-            )
-        finally:
-            if client is not None:
-                client.close()
+        result = _pull(reference, out, allow_unsigned, registry, token, plain_http, progress)
     payload = {**plain(result), "trust": plain(result.trust)}
 
     if result.trust.status != "trusted" and not output.json_mode():
@@ -251,6 +323,40 @@ def pull(
         output.print_fields(console, [("digest", result.digest), ("path", result.path)])
 
     output.emit(payload, render)
+
+
+def _pull(
+    reference: str,
+    out: Path | None,
+    allow_unsigned: bool,
+    registry: str | None,
+    token: str | None,
+    plain_http: bool,
+    progress: Callable[[int, int], None] | None,
+) -> transfer.PullResult:
+    """The pull of ``pfx pull``, from an OCI registry or the pfx registry."""
+    if is_oci_reference(reference):
+        refuse_options(
+            reference,
+            {"--registry": registry is not None, "--token": token is not None},
+            "credentials come from `pfx login oci://HOST` or the docker config",
+        )
+        return oci.pull(
+            reference,
+            allow_unsigned=allow_unsigned,
+            output=out,
+            plain_http=plain_http,
+            progress=progress,
+        )
+    refuse_options(reference, {"--plain-http": plain_http}, "it is for oci:// references")
+    client = transfer.connect(registry, token) if registry or token else None
+    try:
+        return transfer.pull(
+            reference, client=client, allow_unsigned=allow_unsigned, output=out, progress=progress
+        )
+    finally:
+        if client is not None:
+            client.close()
 
 
 def search(
