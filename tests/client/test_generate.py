@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from cli_runners import PFX, Run, Runner, alice, cli, pfx, pfx_home, push  # noqa: F401 — fixtures
 from concept_factory import VECTORS
+from oci_registries import Distribution
 from PIL import Image
 from registry_server import Account
 
@@ -277,5 +278,21 @@ def test_a_registry_reference_is_pulled_verified_and_applied_like_its_file(
     assert not by_reference.exists()
 
     pulled = cli(*_generate(files, by_reference, "--allow-unsigned", concepts=(reference,)))  # type: ignore[arg-type]
+    assert pulled.exit_code == 0, pulled.stderr
+    assert by_reference.read_bytes() == by_file.read_bytes()
+
+
+def test_an_oci_reference_is_pulled_verified_and_applied_like_its_file(
+    cli: Runner, files: Files, tmp_path: Path, distribution_registry: Distribution
+) -> None:
+    reference = f"oci://{distribution_registry.host}/gen/teddy:1.0"
+    assert cli("push", files.teddy, reference, "--plain-http").exit_code == 0
+    by_file, by_reference = tmp_path / "file.png", tmp_path / "oci.png"
+    assert cli(*_generate(files, by_file)).exit_code == 0
+    refused = cli(*_generate(files, by_reference, "--plain-http", concepts=(reference,)))  # type: ignore[arg-type]
+    refused.assert_error("UNTRUSTED", 1)
+    pulled = cli(
+        *_generate(files, by_reference, "--plain-http", "--allow-unsigned", concepts=(reference,))  # type: ignore[arg-type]
+    )
     assert pulled.exit_code == 0, pulled.stderr
     assert by_reference.read_bytes() == by_file.read_bytes()

@@ -92,6 +92,12 @@ def generate(
             help="Pull references that are unsigned or not signed by a key you trust.",
         ),
     ] = False,
+    plain_http: Annotated[
+        bool,
+        typer.Option(
+            "--plain-http", help="Pull oci:// references over http (loopback registries)."
+        ),
+    ] = False,
     json: JsonFlag = False,
 ) -> None:
     """Generate an image with concepts applied to a local diffusers pipeline (no downloads)."""
@@ -100,7 +106,7 @@ def generate(
         raise typer.BadParameter("one of auto, fp32, fp16, bf16", param_hint="--dtype")
     check_output_folder(out)
     # bad files and refused pulls fail before any model loads
-    loaded = [_concept(source, allow_unsigned) for source in concepts]
+    loaded = [_concept(source, allow_unsigned, plain_http) for source in concepts]
     pr = runtime("generate")
     import torch
 
@@ -162,9 +168,17 @@ def generate(
     output.emit(payload, render)
 
 
-def _concept(source: str, allow_unsigned: bool) -> pf.Concept:
-    """The concept in the file ``source``, else the one the registry reference ``source``
-    names, pulled through the cache and the trust policy."""
+def _concept(source: str, allow_unsigned: bool, plain_http: bool) -> pf.Concept:
+    """The concept in the file ``source``, else the one the reference ``source`` names (in the
+    pfx registry, or ``oci://…`` in any OCI registry), pulled through the cache and the trust
+    policy."""
+    from pfx.oci_reference import is_oci_reference
+
+    if is_oci_reference(source):
+        from pfx.oci import pull as pull_oci
+
+        pulled = pull_oci(source, allow_unsigned=allow_unsigned, plain_http=plain_http)
+        return pf.load(pulled.path)
     path = Path(source)
     if path.exists() or source.endswith(".safetensors") or "/" not in source:
         return pf.load(path)
