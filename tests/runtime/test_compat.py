@@ -12,8 +12,9 @@ processors, scheduler, callback changes), and differs from the image without the
 without the other feature.
 
 Tests marked ``xfail(strict=True)`` are failures of the runtime found here; each reason says what
-goes wrong, and runtime/README.md ("Works with") says what fixes it. They turn into failures
-(XPASS) once fixed, so the mark is removed with the fix.
+goes wrong and names the fix in :mod:`perfusion_runtime.compat` (tested on its own at the end of
+this file) that pipeline.py has yet to call. They turn into failures (XPASS) once fixed, so the
+mark is removed with the fix.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def test_textual_inversion_loaded_before_apply_composes(teddy) -> None:
     strict=True,
     reason="load_textual_inversion while applied calls resize_token_embeddings on the wrapped "
     "input embedding (ConceptEmbedding) and transformers raises TypeError; wanted: "
-    "PerfusionRuntimeError ALREADY_APPLIED before anything changes",
+    "PerfusionRuntimeError ALREADY_APPLIED before anything changes (fix: compat.guard)",
 )
 def test_textual_inversion_while_applied_is_refused(teddy) -> None:
     pipe = build_pipeline("sd-1")
@@ -378,7 +379,7 @@ def test_ip_adapter_loaded_before_apply_composes(teddy) -> None:
     strict=True,
     reason="set_ip_adapter_scale looks for IPAdapterAttnProcessor* instances in "
     "unet.attn_processors; the runtime's processor wraps them, so the call silently changes "
-    "nothing while concepts are applied",
+    "nothing while concepts are applied (fix: compat.guard)",
 )
 def test_ip_adapter_scale_set_while_applied_takes_effect(teddy) -> None:
     pipe, concept_only = build_pipeline("sd-1"), build_pipeline("sd-1")
@@ -397,7 +398,8 @@ def test_ip_adapter_scale_set_while_applied_takes_effect(teddy) -> None:
     reason="load_ip_adapter while applied replaces every attn2 processor (the concept is "
     "silently dropped from the UNet, and remove() then drops the IP-Adapter); "
     "unload_ip_adapter calls PerfusionAttnProcessor() with no arguments (TypeError) after it "
-    "has already cleared encoder_hid_proj; wanted: ALREADY_APPLIED before anything changes",
+    "has already cleared encoder_hid_proj; wanted: ALREADY_APPLIED before anything changes "
+    "(fix: compat.guard)",
 )
 @pytest.mark.parametrize("action", ["load_ip_adapter", "unload_ip_adapter"])
 def test_ip_adapter_load_or_unload_while_applied_is_refused(teddy, action) -> None:
@@ -516,7 +518,8 @@ def test_sibling_built_before_apply_shares_the_unet_but_not_the_tokenizer(teddy)
     strict=True,
     reason="check_not_applied looks at the pipeline object only: applying to a sibling that "
     "shares the UNet and text encoder of a pipeline with concepts nests a second "
-    "PerfusionAttnProcessor and ConceptEmbedding around the first; wanted: ALREADY_APPLIED",
+    "PerfusionAttnProcessor and ConceptEmbedding around the first; wanted: ALREADY_APPLIED "
+    "(fix: compat.check_components_free)",
 )
 def test_apply_to_a_sibling_sharing_an_applied_unet_is_refused(teddy) -> None:
     pipe = build_pipeline("sd-1")
@@ -722,6 +725,7 @@ def test_torch_compile_of_the_unet(teddy) -> None:
     reason="pipe.unet = torch.compile(pipe.unet) makes the UNet an OptimizedModule whose "
     "module paths start with _orig_mod., so pipeline_layout finds no family's layers and apply "
     "refuses with a misleading LAYER_MISMATCH; wanted: read the layout through _orig_mod "
+    "(fix: compat.unwrap_compiled) "
     "— applying before compiling works",
 )
 def test_apply_after_torch_compile(teddy) -> None:
@@ -770,8 +774,8 @@ def test_model_cpu_offload_hooks_survive_apply_and_remove(teddy, order) -> None:
     raises=NotImplementedError,
     reason="after enable_sequential_cpu_offload the UNet's weights are on the meta device and "
     "pipeline_fingerprint's torch.signbit(w).cpu() raises NotImplementedError (cannot copy out "
-    "of meta); wanted: read them from the hook's weights_map or "
-    "refuse with a code",
+    "of meta); wanted: read them from the hook's weights_map (fix: "
+    "compat.materialized_weight)",
 )
 def test_apply_after_sequential_cpu_offload(teddy) -> None:
     pipe = build_pipeline("sd-1")
@@ -798,3 +802,76 @@ def test_cpu_offload_on_a_gpu(teddy, mode) -> None:
     np.testing.assert_allclose(generate(pipe), want, rtol=0, atol=1e-3)
     handle.remove()
     assert hooks(pipe) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# perfusion_runtime.compat: the fixes for the xfails above, checked on their own until
+# pipeline.apply/install call them
+# ------------------------------------------------------------------------------------------------
+
+
+def test_compat_check_components_free_sees_a_sibling_sharing_applied_components(teddy) -> None:
+    from perfusion_runtime import compat
+
+    pipe = build_pipeline("sd-1")
+    sibling = sibling_class("img2img")(**pipe.components)
+    compat.check_components_free(sibling)
+    with pr.apply(pipe, [teddy]):
+        with pytest.raises(pr.PerfusionRuntimeError) as raised:
+            compat.check_components_free(sibling)
+        assert raised.value.code == "ALREADY_APPLIED"
+    compat.check_components_free(sibling)
+
+
+def test_compat_guard_refuses_loaders_and_routes_the_ip_adapter_scale(teddy) -> None:
+    from perfusion_runtime import compat
+
+    pipe, concept_only = build_pipeline("sd-1"), build_pipeline("sd-1")
+    load_ip_adapter(pipe)
+    with pr.apply(concept_only, [teddy]):
+        concept_alone = generate(concept_only)
+    with pr.apply(pipe, [teddy]):
+        compat.guard(pipe)
+        before = (processors(pipe), len(pipe.tokenizer), pipe.unet.encoder_hid_proj)
+        for call in (lambda: load_inversion(pipe), lambda: load_ip_adapter(pipe)):
+            with pytest.raises(pr.PerfusionRuntimeError) as raised:
+                call()
+            assert raised.value.code == "ALREADY_APPLIED"
+        with pytest.raises(pr.PerfusionRuntimeError):
+            pipe.unload_ip_adapter()
+        assert (processors(pipe), len(pipe.tokenizer), pipe.unet.encoder_hid_proj) == before
+        pipe.set_ip_adapter_scale(0.0)
+        assert processors(pipe) == before[0]
+        np.testing.assert_array_equal(
+            generate(pipe, ip_adapter_image_embeds=IMAGE_EMBEDS), concept_alone
+        )
+        pipe.set_ip_adapter_scale(1.0)
+        compat.unguard(pipe)
+    assert not set(compat.GUARDED_LOADERS) & set(pipe.__dict__)
+
+
+def test_compat_unwrap_compiled_gives_the_family_layout() -> None:
+    from types import SimpleNamespace
+
+    from perfusion_runtime import compat
+
+    pipe = build_pipeline("sd-1")
+    compiled = torch.compile(pipe.unet, backend="eager")
+    view = SimpleNamespace(unet=compat.unwrap_compiled(compiled), text_encoder=pipe.text_encoder)
+    assert pr.pipeline_layout(view) == pr.pipeline_layout(pipe)
+    assert compat.unwrap_compiled(pipe.unet) is pipe.unet
+
+
+def test_compat_materialized_weight_fingerprints_an_offloaded_unet(teddy) -> None:
+    from perfusion_runtime import compat
+
+    pipe = build_pipeline("sd-1")
+    pipe.enable_sequential_cpu_offload(device="cpu")
+    names = pf.fingerprint_names(teddy.layers)
+    modules = [pipe.unet.get_submodule(name.removesuffix(".weight")) for name in names]
+    assert all(module.weight.device.type == "meta" for module in modules)
+    signs = [
+        (name, torch.signbit(compat.materialized_weight(module)).numpy())
+        for name, module in zip(names, modules, strict=True)
+    ]
+    assert pf.base_fingerprint(signs) == teddy.base_fingerprint
