@@ -305,12 +305,6 @@ def test_textual_inversion_loaded_before_apply_composes(teddy) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_textual_inversion while applied calls resize_token_embeddings on the wrapped "
-    "input embedding (ConceptEmbedding) and transformers raises TypeError; wanted: "
-    "PerfusionRuntimeError ALREADY_APPLIED before anything changes (fix: compat.guard)",
-)
 def test_textual_inversion_while_applied_is_refused(teddy) -> None:
     pipe = build_pipeline("sd-1")
     with pr.apply(pipe, [teddy]):
@@ -375,12 +369,6 @@ def test_ip_adapter_loaded_before_apply_composes(teddy) -> None:
     np.testing.assert_array_equal(generate(pipe, ip_adapter_image_embeds=IMAGE_EMBEDS), ip_only)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_ip_adapter_scale looks for IPAdapterAttnProcessor* instances in "
-    "unet.attn_processors; the runtime's processor wraps them, so the call silently changes "
-    "nothing while concepts are applied (fix: compat.guard)",
-)
 def test_ip_adapter_scale_set_while_applied_takes_effect(teddy) -> None:
     pipe, concept_only = build_pipeline("sd-1"), build_pipeline("sd-1")
     load_ip_adapter(pipe)
@@ -393,14 +381,6 @@ def test_ip_adapter_scale_set_while_applied_takes_effect(teddy) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_ip_adapter while applied replaces every attn2 processor (the concept is "
-    "silently dropped from the UNet, and remove() then drops the IP-Adapter); "
-    "unload_ip_adapter calls PerfusionAttnProcessor() with no arguments (TypeError) after it "
-    "has already cleared encoder_hid_proj; wanted: ALREADY_APPLIED before anything changes "
-    "(fix: compat.guard)",
-)
 @pytest.mark.parametrize("action", ["load_ip_adapter", "unload_ip_adapter"])
 def test_ip_adapter_load_or_unload_while_applied_is_refused(teddy, action) -> None:
     pipe = build_pipeline("sd-1")
@@ -514,13 +494,6 @@ def test_sibling_built_before_apply_shares_the_unet_but_not_the_tokenizer(teddy)
     np.testing.assert_array_equal(generate(sibling, PLAIN_PROMPT, **call), before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_not_applied looks at the pipeline object only: applying to a sibling that "
-    "shares the UNet and text encoder of a pipeline with concepts nests a second "
-    "PerfusionAttnProcessor and ConceptEmbedding around the first; wanted: ALREADY_APPLIED "
-    "(fix: compat.check_components_free)",
-)
 def test_apply_to_a_sibling_sharing_an_applied_unet_is_refused(teddy) -> None:
     pipe = build_pipeline("sd-1")
     sibling = sibling_class("img2img")(**pipe.components)
@@ -560,19 +533,13 @@ def test_sdxl_prompt_embeds_passed_in(sdxl_teddy) -> None:
     assert_differs(*images)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with global locking the wrapped encode_prompt concatenates prompt_embeds passed in "
-    "with themselves (the superclass prompt cannot be derived from embeddings), so keys come "
-    "from the concept's own encodings and nothing says so; wanted: a refusal "
-    "(proposed code GLOBAL_LOCKING_NEEDS_PROMPT)",
-)
 def test_sdxl_prompt_embeds_with_global_locking_are_refused(sdxl_teddy) -> None:
     pipe = build_pipeline("sdxl")
     with pr.apply(pipe, [sdxl_teddy], global_locking=True):
         embeds = sdxl_embeds(pipe, CONCEPT_PROMPT)
-        with pytest.raises(pr.PerfusionRuntimeError):
+        with pytest.raises(pr.PerfusionRuntimeError) as refused:
             generate(pipe, None, **embeds)
+    assert refused.value.code == pr.RuntimeErrorCode.GLOBAL_LOCKING_NEEDS_PROMPT
 
 
 def test_compel_weighting_and_long_prompts(teddy) -> None:
@@ -720,14 +687,6 @@ def test_torch_compile_of_the_unet(teddy) -> None:
         torch._dynamo.reset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipe.unet = torch.compile(pipe.unet) makes the UNet an OptimizedModule whose "
-    "module paths start with _orig_mod., so pipeline_layout finds no family's layers and apply "
-    "refuses with a misleading LAYER_MISMATCH; wanted: read the layout through _orig_mod "
-    "(fix: compat.unwrap_compiled) "
-    "— applying before compiling works",
-)
 def test_apply_after_torch_compile(teddy) -> None:
     pipe = build_pipeline("sd-1")
     pipe.unet = torch.compile(pipe.unet, backend="eager")
@@ -769,14 +728,6 @@ def test_model_cpu_offload_hooks_survive_apply_and_remove(teddy, order) -> None:
     np.testing.assert_array_equal(generate(pipe), base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="after enable_sequential_cpu_offload the UNet's weights are on the meta device and "
-    "pipeline_fingerprint's torch.signbit(w).cpu() raises NotImplementedError (cannot copy out "
-    "of meta); wanted: read them from the hook's weights_map (fix: "
-    "compat.materialized_weight)",
-)
 def test_apply_after_sequential_cpu_offload(teddy) -> None:
     pipe = build_pipeline("sd-1")
     pipe.enable_sequential_cpu_offload(device="cpu")
@@ -805,8 +756,7 @@ def test_cpu_offload_on_a_gpu(teddy, mode) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# perfusion_runtime.compat: the fixes for the xfails above, checked on their own until
-# pipeline.apply/install call them
+# perfusion_runtime.compat: the checks behind the rows above, each also checked on its own
 # ------------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """Checks and guards for diffusers features that meet applied concepts (issue 17, part 2).
 
 ``tests/runtime/test_compat.py`` found what goes wrong when concepts meet features users combine
-them with; the pieces here fix what can be fixed from outside :mod:`~perfusion_runtime.pipeline`.
-Each needs one call from there to take effect (``runtime/README.md``, "Works with"):
+them with; the pieces here are what :mod:`~perfusion_runtime.pipeline` calls to handle them
+(``runtime/README.md``, "Works with"):
 
 - :func:`check_components_free` — ``apply`` refuses (ALREADY_APPLIED) a pipeline whose UNet or
   text encoder already carries concepts through another pipeline object (an img2img sibling

@@ -65,6 +65,10 @@ class RuntimeErrorCode(StrEnum):
     UNSUPPORTED_PIPELINE = "UNSUPPORTED_PIPELINE", ErrorCategory.MODEL
     """The pipeline has no UNet cross-attention or no CLIP text encoder this runtime understands."""
 
+    GLOBAL_LOCKING_NEEDS_PROMPT = "GLOBAL_LOCKING_NEEDS_PROMPT", ErrorCategory.CALL
+    """Global locking derives the keys' superclass prompt from the prompt text: a call that passes
+    ``prompt_embeds`` without a prompt cannot be served (apply without global locking instead)."""
+
     UNKNOWN_CONCEPT = "UNKNOWN_CONCEPT", ErrorCategory.CALL
     """``set_gate`` named a token that no applied concept has."""
 

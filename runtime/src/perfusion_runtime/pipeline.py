@@ -24,6 +24,7 @@ from torch import nn
 
 import perfusion_format as pf
 
+from . import compat
 from .edit import ConceptSet, ConceptVectors, LayerEdit, check_gate
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
 from .processor import CrossAttentionPatch, patch_cross_attention
@@ -85,6 +86,7 @@ def _cross_attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
 def pipeline_layout(pipe: Any) -> PipelineLayout:
     """Read ``pipe``'s text encoders and attn2 table, and name its family."""
     unet = getattr(pipe, "unet", None)
+    unet = None if unet is None else compat.unwrap_compiled(unet)
     encoders = tuple(
         (name, int(getattr(pipe, name).config.hidden_size))
         for name, _ in _TEXT_COMPONENTS
@@ -127,9 +129,12 @@ def pipeline_fingerprint(pipe: Any, layers: Sequence[tuple[str, int]]) -> str:
     place (its storage or version counter moves), e.g. by fusing a LoRA.
     """
     names = pf.fingerprint_names(layers)
-    weights = [pipe.unet.get_submodule(name.rsplit(".", 1)[0]).weight for name in names]
+    unet = compat.unwrap_compiled(pipe.unet)
+    weights = [
+        compat.materialized_weight(unet.get_submodule(name.rsplit(".", 1)[0])) for name in names
+    ]
     version = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
-    cache = _FINGERPRINTS.setdefault(pipe.unet, {})
+    cache = _FINGERPRINTS.setdefault(unet, {})
     cached = cache.get(tuple(layers))
     if cached is None or cached[0] != version:
         signs = [
@@ -208,6 +213,7 @@ def check_not_applied(pipe: Any) -> None:
             RuntimeErrorCode.ALREADY_APPLIED,
             "this pipeline already has concepts applied: remove them first, or apply all at once",
         )
+    compat.check_components_free(pipe)
 
 
 def _check_tokens(concepts: Sequence[pf.Concept], pipe: Any) -> None:
@@ -257,6 +263,14 @@ def _wrap_encode_prompt(pipe: Any, superclasses: dict[str, str]) -> None:
     @wraps(original)
     def encode_prompt(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("prompt_embeds") is not None:
+            # the superclass prompt is the prompt's text with each trigger replaced: encodings
+            # passed in have no text, and keys taken from them would silently be the concept's
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.GLOBAL_LOCKING_NEEDS_PROMPT,
+                "global locking needs the prompt's text, not prompt_embeds: pass prompt=…, or "
+                "apply without global_locking",
+            )
         concept_output = original(*bound.args, **bound.kwargs)
         for name in ("prompt", "prompt_2"):
             if name in bound.arguments:
@@ -343,6 +357,7 @@ class PerfusionHandle:
                 getattr(pipe, encoder_name).set_input_embeddings(self._originals[encoder_name])
                 setattr(pipe, tokenizer_name, self._originals[tokenizer_name])
         pipe.__dict__.pop("encode_prompt", None)
+        compat.unguard(pipe)
         pipe.__dict__.pop(_HANDLE_ATTRIBUTE, None)
         self._pipe = None
 
@@ -438,7 +453,10 @@ def install(
         encoder.set_input_embeddings(embedding)
         setattr(pipe, tokenizer_name, extended)
         nbytes += embedding.rows.numel() * embedding.rows.element_size()
-    patch = patch_cross_attention(pipe.unet, edits, superclasses is not None, kv_cache)
+    patch = patch_cross_attention(
+        compat.unwrap_compiled(pipe.unet), edits, superclasses is not None, kv_cache
+    )
+    compat.guard(pipe)
     if superclasses is not None:
         _wrap_encode_prompt(pipe, superclasses)
     handle = PerfusionHandle(pipe, concept_set, patch, originals, nbytes)
