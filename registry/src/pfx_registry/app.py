@@ -128,7 +128,9 @@ def _allowed_methods(request: Request) -> list[str]:
     """Every method some route answers at the request's path, from the API's own description
     (Starlette's 405 names only the first route that matched the path); HEAD wherever GET is."""
     methods: set[str] = set()
-    methods |= distribution.route_methods(request.url.path)
+    if is_distribution_path(request.url.path):  # mounted: its routes' paths are relative
+        v2_path = request.url.path.removeprefix(distribution.PREFIX) or "/"
+        methods |= web.router_methods(distribution.router, v2_path)
     for router in web.ROUTERS:
         methods |= web.router_methods(router, request.url.path)
     for template, path_item in request.app.openapi()["paths"].items():

@@ -23,7 +23,6 @@ __all__ = [
     "V2Mount",
     "is_distribution_path",
     "oci_error_response",
-    "route_methods",
     "router",
 ]
 
@@ -43,14 +42,3 @@ class V2Mount(Mount):
         if match is Match.FULL:
             child_scope[ROUTE_PREFIX] = PREFIX
         return match, child_scope
-
-
-def route_methods(path: str) -> set[str]:
-    """The methods /v2/ routes answer at ``path`` (for a 405's ``Allow``)."""
-    relative = path.removeprefix(PREFIX) or "/"
-    return {
-        method
-        for route in router.routes
-        if (methods := getattr(route, "methods", None)) and route.path_regex.match(relative)
-        for method in methods
-    }

@@ -247,7 +247,7 @@ def put_concept_manifest(
     insert_or_ignore(connection, concept_files, concepts.file_facts(layer.digest, concept))
     owner, repository = writable_repository(connection, caller, ns, name)
     existing = (
-        _versions_named(connection, repository.id, reference) if repository is not None else {}
+        _kinds_named(connection, repository.id, reference) if repository is not None else set()
     )
     by_digest = DIGEST.fullmatch(reference) is not None
     if by_digest and reference != pf.content_digest(content):
@@ -280,22 +280,22 @@ def put_concept_manifest(
     return digest
 
 
-def _versions_named(connection: Connection, repository_id: int, name: str) -> dict[str, bool]:
+def _kinds_named(connection: Connection, repository_id: int, name: str) -> set[str]:
     """Which kinds of reference ``name`` already is in a repository: ``version``, ``tag``."""
-    found: dict[str, bool] = {}
+    kinds: set[str] = set()
     if not REFERENCE.fullmatch(name):
-        return found
+        return kinds
     if connection.execute(
         select(versions.c.id).where(
             versions.c.repository_id == repository_id, versions.c.version == name
         )
     ).first():
-        found["version"] = True
+        kinds.add("version")
     if connection.execute(
         select(tags.c.tag).where(tags.c.repository_id == repository_id, tags.c.tag == name)
     ).first():
-        found["tag"] = True
-    return found
+        kinds.add("tag")
+    return kinds
 
 
 def _version_holding(connection: Connection, repository: Row[Any] | None, digest: str) -> str:

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 import perfusion_format as pf
 from pfx_registry.api.http import blob_bytes, digest_param
 from pfx_registry.api.versions import resolved_version
-from pfx_registry.auth import ANONYMOUS
 from pfx_registry.errors import ApiError, Code, not_found
 from pfx_registry.service import concepts
 from pfx_registry.state import Registry, transaction
@@ -22,7 +21,7 @@ from pfx_registry.state import Registry, transaction
 from . import paths  # noqa: F401 (registers the page_ns path convertor)
 from .rendering import static_asset
 from .thumbnails import make_thumbnail
-from .visitors import VisitorDep
+from .visitors import VisitorDep, caller_of_visitor
 
 __all__ = ["router"]
 
@@ -55,7 +54,7 @@ async def _visible_preview(request: Request, visitor: VisitorDep, digest: str) -
     """The preview's media type and whether it is public; 404 when the visitor may not see it."""
     digest_param(digest)
     registry: Registry = request.app.state.registry
-    caller = visitor.caller if visitor else ANONYMOUS
+    caller = caller_of_visitor(visitor)
 
     def load() -> tuple[str, bool]:
         with transaction(registry) as connection:
@@ -119,7 +118,7 @@ async def download(
     """The concept file a version name, tag or digest names, as an attachment (counted as a
     download, like the API's)."""
     registry: Registry = request.app.state.registry
-    caller = visitor.caller if visitor else ANONYMOUS
+    caller = caller_of_visitor(visitor)
     resolved = await resolved_version(registry, caller, ns, name, reference)
     data = await blob_bytes(registry, resolved.digest)
     registry.downloads.add(resolved.repository_id)

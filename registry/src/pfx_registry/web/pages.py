@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Row
 
 import perfusion_format as pf
 from pfx_registry import search
-from pfx_registry.auth import ANONYMOUS, Caller
+from pfx_registry.auth import Caller
 from pfx_registry.errors import ApiError, not_found
 from pfx_registry.service import access, accounts, concepts
 from pfx_registry.service.sessions import Session
@@ -22,7 +22,7 @@ from pfx_registry.state import CountedConnectionDep
 
 from . import paths  # noqa: F401 (registers the page_ns path convertor)
 from .rendering import page
-from .visitors import VisitorDep
+from .visitors import VisitorDep, caller_of_visitor
 
 __all__ = ["router"]
 
@@ -33,10 +33,6 @@ HOME_CARDS = 8
 PAGE_CARDS = 24
 #: The tags a concept page prefers for its snippets, in order (else any tag, else the version).
 PREFERRED_TAGS = ("latest", "stable")
-
-
-def _caller(visitor: Session | None) -> Caller:
-    return visitor.caller if visitor else ANONYMOUS
 
 
 def _cards(connection: Connection, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,7 +54,7 @@ def _search(connection: Connection, caller: Caller, query: search.SearchQuery) -
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, visitor: VisitorDep, connection: CountedConnectionDep) -> HTMLResponse:
     """A search box, and the most downloaded and the newest concepts the visitor may see."""
-    caller = _caller(visitor)
+    caller = caller_of_visitor(visitor)
     visible = access.visible_repositories(connection, caller)
     popular, newest = (
         search.run(connection, search.SearchQuery(sort=sort, limit=HOME_CARDS), visible)["results"]
@@ -92,7 +88,7 @@ def search_page(
     query = search.SearchQuery(
         q, family or None, ns or None, superclass or None, signer or None, sort, PAGE_CARDS, cursor
     )
-    found = _search(connection, _caller(visitor), query)
+    found = _search(connection, caller_of_visitor(visitor), query)
     filters = {
         "q": q,
         "family": family,
@@ -125,7 +121,7 @@ def namespace_page(
 ) -> HTMLResponse:
     """A user's or organization's concepts (newest first); an organization's members for its
     members."""
-    caller = _caller(visitor)
+    caller = caller_of_visitor(visitor)
     owner = access.namespace(connection, ns)
     query = search.SearchQuery(namespace=ns, sort="recent", limit=PAGE_CARDS, cursor=cursor)
     found = _search(connection, caller, query)
@@ -184,7 +180,7 @@ def _concept(
     name: str,
     wanted: str | None,
 ) -> HTMLResponse:
-    caller = _caller(visitor)
+    caller = caller_of_visitor(visitor)
     repository = access.readable_repository(connection, caller, ns, name)
     details = concepts.repository_details(connection, repository)
     rows: list[Row[Any]] = details["versions"]

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request, Response
 
-from pfx_registry.auth import ANONYMOUS, hash_token
+from pfx_registry.auth import ANONYMOUS, Caller, hash_token
 from pfx_registry.errors import ApiError, Code
 from pfx_registry.service.sessions import Session, session_of
 from pfx_registry.state import Registry, note_caller, transaction
@@ -25,6 +25,7 @@ __all__ = [
     "LOGIN_CSRF_COOKIE",
     "SESSION_COOKIE",
     "VisitorDep",
+    "caller_of_visitor",
     "check_forgery",
     "clear_cookie",
     "form_fields",
@@ -91,6 +92,11 @@ async def visitor_of(request: Request) -> Session | None:
 
 
 VisitorDep = Annotated[Session | None, Depends(visitor_of)]
+
+
+def caller_of_visitor(visitor: Session | None) -> Caller:
+    """Who a visitor acts as: their session's caller, or anonymous when signed out."""
+    return visitor.caller if visitor else ANONYMOUS
 
 
 def login_csrf(request: Request) -> str:
