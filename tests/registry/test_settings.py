@@ -53,6 +53,10 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         "PFX_READ_CACHE_SECONDS": ("0.25", 0.25),
         "PFX_BLOB_CACHE_BYTES": ("0", 0),
         "PFX_SESSION_SECONDS": ("3600", 3600),
+        "PFX_SIGNED_URL_SECRET": ("0123456789abcdef-secret", "0123456789abcdef-secret"),
+        "PFX_SIGNED_URL_SECONDS": ("30", 30),
+        "PFX_ACCEL_REDIRECT": ("/_pfx/store/", "/_pfx/store/"),
+        "PFX_EDGE_CACHE_SECONDS": ("120", 120),
     }
     assert set(given) == set(Settings.variables()), "a setting of the class is not tested here"
     for name, (text, _) in given.items():
@@ -75,6 +79,8 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         ("PFX_PRESIGN_SECONDS", "0"),
         ("PFX_BLOB_CACHE_BYTES", "1.5"),
         ("PFX_SESSION_SECONDS", "59"),
+        ("PFX_SIGNED_URL_SECRET", "short"),
+        ("PFX_ACCEL_REDIRECT", "no-slashes"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_the_variable(

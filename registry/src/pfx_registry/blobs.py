@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,8 @@ S3_READ_TIMEOUT = 3
 #: (every PUT is idempotent); a retry inside the server would double the time a cut-off store
 #: holds a request, which is now a 503 within about connect + read timeout per call.
 S3_ATTEMPTS = 1
+#: Presigned URLs an S3 store keeps for reuse (all are dropped when it is full).
+PRESIGNED_KEPT = 10_000
 
 
 def _unavailable(cause: str) -> BackendUnavailable:
@@ -80,8 +83,13 @@ class BlobStore(Protocol):
     def stored_at(self, digest: str) -> datetime | None:
         """When the blob was written (UTC), or None when it is not stored."""
 
+    def key(self, digest: str) -> str:
+        """Where the blob lives: its path under the folder's root, or its object key in the
+        bucket (what a front server that reads the store itself is pointed at)."""
+
     def presigned_url(self, digest: str, expires: int) -> str | None:
-        """A short-lived URL a client can download from directly, or None (folder backend)."""
+        """A URL a client can download from directly for at least ``expires / 2`` more seconds
+        (a signature is reused for half its lifetime), or None (folder backend)."""
 
     def remove_stale_uploads(self, before: datetime, dry_run: bool = False) -> list[str]:
         """Remove what writes cut off by a crash left behind, when last written before
@@ -103,8 +111,11 @@ class FolderBlobStore:
         self._uploads.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:
+        return self.root / self.key(digest)
+
+    def key(self, digest: str) -> str:
         hexdigest = check_digest(digest)
-        return self._blobs / hexdigest[:2] / hexdigest
+        return f"blobs/sha256/{hexdigest[:2]}/{hexdigest}"
 
     def size(self, digest: str) -> int | None:
         try:
@@ -181,6 +192,9 @@ class S3BlobStore:
 
         self.bucket = bucket
         self.prefix = prefix
+        #: presigned URLs by (key, lifetime): each reused for half its lifetime (boto3's presign
+        #: costs about a millisecond; a dictionary look-up, microseconds)
+        self._presigned: dict[tuple[str, int], tuple[str, float]] = {}
         self._client = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -191,7 +205,7 @@ class S3BlobStore:
             ),
         )
 
-    def _key(self, digest: str) -> str:
+    def key(self, digest: str) -> str:
         return f"{self.prefix}blobs/sha256/{check_digest(digest)}"
 
     def _call(self, method: str, **kwargs: Any) -> Any:
@@ -212,17 +226,17 @@ class S3BlobStore:
 
     def size(self, digest: str) -> int | None:
         try:
-            return int(self._call("head_object", Key=self._key(digest))["ContentLength"])
+            return int(self._call("head_object", Key=self.key(digest))["ContentLength"])
         except FileNotFoundError:
             return None
 
     def put(self, digest: str, data: bytes) -> None:
-        self._call("put_object", Key=self._key(digest), Body=data)
+        self._call("put_object", Key=self.key(digest), Body=data)
 
     def read(self, digest: str) -> bytes:
         from botocore.exceptions import BotoCoreError
 
-        body = self._call("get_object", Key=self._key(digest))["Body"]
+        body = self._call("get_object", Key=self.key(digest))["Body"]
         try:
             return body.read()
         except BotoCoreError as error:  # the connection broke off, or too few bytes came
@@ -231,7 +245,7 @@ class S3BlobStore:
             body.close()
 
     def delete(self, digest: str) -> None:
-        self._call("delete_object", Key=self._key(digest))
+        self._call("delete_object", Key=self.key(digest))
 
     def digests(self) -> Iterator[str]:
         token: str | None = None
@@ -248,7 +262,7 @@ class S3BlobStore:
 
     def stored_at(self, digest: str) -> datetime | None:
         try:
-            modified = self._call("head_object", Key=self._key(digest))["LastModified"]
+            modified = self._call("head_object", Key=self.key(digest))["LastModified"]
         except FileNotFoundError:
             return None
         return modified.astimezone(UTC)
@@ -256,13 +270,21 @@ class S3BlobStore:
     def presigned_url(self, digest: str, expires: int) -> str | None:
         from botocore.exceptions import BotoCoreError
 
-        key = self._key(digest)
+        key = self.key(digest)
+        now = time.monotonic()
+        kept = self._presigned.get((key, expires))
+        if kept is not None and kept[1] > now:
+            return kept[0]
         try:
-            return self._client.generate_presigned_url(
+            url: str = self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
             )
         except BotoCoreError as error:  # e.g. no credentials to sign with
             raise _unavailable(f"S3 presign (bucket {self.bucket!r}): {error}") from error
+        if len(self._presigned) >= PRESIGNED_KEPT:
+            self._presigned.clear()
+        self._presigned[(key, expires)] = (url, now + expires / 2)
+        return url
 
     def remove_stale_uploads(self, before: datetime, dry_run: bool = False) -> list[str]:
         """Nothing to remove: a put is one PutObject, which S3 applies whole or not at all, so a

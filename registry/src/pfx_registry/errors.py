@@ -33,6 +33,10 @@ class Code(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
     INVALID_CURSOR = "INVALID_CURSOR"
+    #: a ``Range`` that starts past the blob's end (416)
+    RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"
+    #: a signed download URL whose expiry has passed (410)
+    URL_EXPIRED = "URL_EXPIRED"
     #: a web catalog form without its session's anti-forgery value, or sent from another site
     CSRF_FAILED = "CSRF_FAILED"
 

@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     s3_redirect: bool = False
     #: Seconds a presigned download URL stays valid.
     presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    #: Secret shared with the front server (nginx ``secure_link_md5``): downloads that are not
+    #: public answer ``307`` to a signed URL under ``/v1/signed/`` that the front server checks and
+    #: serves by itself (signing.py). Unset: no signed URLs.
+    signed_url_secret: str | None = Field(default=None, min_length=16)
+    #: Seconds a signed download URL stays valid.
+    signed_url_seconds: int = Field(default=60, ge=1, le=24 * 3600)
+    #: Path prefix of the front server's internal location onto the blob store (nginx
+    #: ``X-Accel-Redirect``, e.g. ``/_pfx/store/``): authorized downloads answer with an empty
+    #: body and ``X-Accel-Redirect: <prefix><store key>``, and nginx sends the bytes. Unset: off.
+    accel_redirect: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./-]*/$")
+    #: Seconds a front server's cache may keep a public blob (``X-Accel-Expires``); browsers and
+    #: clients may keep it for a year (it never changes), the front server re-asks this often so
+    #: that a concept made private stops being served from its cache within this bound.
+    edge_cache_seconds: int = Field(default=300, ge=0, le=365 * 24 * 3600)
     #: Largest concept file accepted (bytes).
     max_concept_bytes: int = Field(default=pf.MAX_FILE_SIZE, ge=1, le=pf.MAX_FILE_SIZE)
     #: Largest preview image accepted (bytes).

@@ -12,12 +12,34 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import accounts, blobs, concepts, keys, operations, previews, search, tokens, versions
+from . import (
+    accounts,
+    blobs,
+    concepts,
+    delivery,
+    keys,
+    operations,
+    previews,
+    search,
+    tokens,
+    versions,
+)
 
 __all__ = ["ROUTERS"]
 
 #: The routers in the order they are matched: the hot read paths first, operations last.
 ROUTERS: tuple[APIRouter, ...] = tuple(
     module.router
-    for module in (versions, blobs, concepts, previews, search, accounts, tokens, keys, operations)
+    for module in (
+        versions,
+        blobs,
+        delivery,
+        concepts,
+        previews,
+        search,
+        accounts,
+        tokens,
+        keys,
+        operations,
+    )
 )

@@ -9,11 +9,13 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 import perfusion_format as pf
+from pfx_registry.auth import ANONYMOUS
 from pfx_registry.errors import ApiError, Code
 from pfx_registry.service import access, concepts
 from pfx_registry.state import CallerDep, ConnectionDep, RegistryDep, run_write, transaction
 
-from .http import digest_param, registry_and_caller, resource_router, send_blob
+from .delivery import Download, send_blob
+from .http import digest_param, registry_and_caller, resource_router
 from .responses import BlobBody, errors
 
 __all__ = ["router"]
@@ -35,25 +37,27 @@ def head_blob(digest: str, connection: ConnectionDep, caller: CallerDep) -> Resp
     response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The blob's bytes"},
-        307: {"description": "Redirect to a presigned URL (S3 with PFX_S3_REDIRECT)"},
+        206: {"description": "The asked byte range (Range)"},
+        304: {"description": "The copy named by If-None-Match is current"},
+        307: {"description": "Redirect to a signed or presigned URL (spec §4.1)"},
     },
 )
 async def get_blob(request: Request, digest: str) -> Response:
-    """The blob's bytes (or a redirect to a presigned URL on S3 when configured)."""
+    """The blob's bytes, with its digest as ETag (304, Range), or a hand-over to the storage
+    layer (delivery.py)."""
     digest_param(digest)
     registry, caller = await registry_and_caller(request)
 
-    def visible() -> tuple[str, str]:
+    def visible() -> Download:
         with transaction(registry) as connection:
             blob = access.blob_visible(connection, caller, digest)
-        if blob is None:
-            raise ApiError(404, Code.BLOB_UNKNOWN, f"blob {digest} not found")
-        return blob.digest, blob.media_type
+            if blob is None:
+                raise ApiError(404, Code.BLOB_UNKNOWN, f"blob {digest} not found")
+            public = caller.anonymous or access.blob_visible(connection, ANONYMOUS, digest)
+        return Download(blob.digest, blob.media_type, public=bool(public))
 
-    found, media_type = await registry.reads.get(
-        ("blob", caller.user_id, caller.is_admin, digest), visible
-    )
-    return await send_blob(registry, found, media_type)
+    download = await registry.reads.get(("blob", caller.user_id, caller.is_admin, digest), visible)
+    return await send_blob(request, registry, download)
 
 
 @router.put(

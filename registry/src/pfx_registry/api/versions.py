@@ -13,7 +13,8 @@ from pfx_registry.auth import Caller
 from pfx_registry.service import access, concepts
 from pfx_registry.state import Registry, transaction
 
-from .http import registry_and_caller, resource_router, send_blob
+from .delivery import Download, send_blob
+from .http import registry_and_caller, resource_router
 from .responses import VersionBody
 
 __all__ = ["Resolved", "resolved_version", "router", "version_json"]
@@ -50,6 +51,8 @@ class Resolved:
     repository_id: int
     digest: str
     body: bytes
+    #: the repository is public (its files may be kept by any cache)
+    public: bool
 
 
 async def resolved_version(
@@ -63,7 +66,7 @@ async def resolved_version(
             repository = access.readable_repository(connection, caller, ns, name)
             row = concepts.resolve(connection, repository, reference)
         body = json.dumps(version_json(ns, name, row), separators=(",", ":")).encode()
-        return Resolved(repository.id, row.digest, body)
+        return Resolved(repository.id, row.digest, body, not repository.private)
 
     key = ("version", caller.user_id, caller.is_admin, ns, name, reference)
     return await registry.reads.get(key, load)
@@ -86,14 +89,21 @@ async def get_version(request: Request, ns: str, name: str, reference: str) -> R
     response_class=Response,
     responses={
         200: {"content": {pf.MEDIA_TYPE: {}}, "description": "The concept file"},
-        307: {"description": "Redirect to a presigned URL (S3 with PFX_S3_REDIRECT)"},
+        206: {"description": "The asked byte range (Range)"},
+        304: {"description": "The copy named by If-None-Match is current"},
+        307: {"description": "Redirect to a signed or presigned URL (spec §4.1)"},
     },
 )
 async def download(request: Request, ns: str, name: str, reference: str) -> Response:
-    """The concept file a reference names; counts a download (written to the index within a
-    second, off the request path: see downloads.py)."""
+    """The concept file a reference names (ETag, 304, Range, hand-over: delivery.py); counts a
+    download unless answered 304 (written to the index within a second, off the request path:
+    see downloads.py)."""
     registry, caller = await registry_and_caller(request)
     resolved = await resolved_version(registry, caller, ns, name, reference)
-    response = await send_blob(registry, resolved.digest, pf.MEDIA_TYPE)
-    registry.downloads.add(resolved.repository_id)
+    download = Download(
+        resolved.digest, pf.MEDIA_TYPE, resolved.public, immutable=reference == resolved.digest
+    )
+    response = await send_blob(request, registry, download)
+    if response.status_code != 304:
+        registry.downloads.add(resolved.repository_id)
     return response

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Row, select
 from starlette.concurrency import run_in_threadpool
 
 import perfusion_format as pf
-from pfx_registry.api.http import blob_bytes, send_blob
+from pfx_registry.api.delivery import Download, blob_bytes, send_blob
 from pfx_registry.auth import Caller
 from pfx_registry.db import versions
 from pfx_registry.errors import ApiError
@@ -204,11 +204,11 @@ async def get_blob(request: Request, ns: str, name: str, digest: str) -> Respons
     caller = await oci_caller(request)
     registry = _registry(request)
 
-    def visible() -> tuple[str, int, int | None]:
+    def visible() -> tuple[str, int, int | None, bool]:
         with transaction(registry) as connection:
             repository = _readable(request, connection, caller, ns, name)
             if digest == pf.oci.EMPTY_DIGEST:
-                return "application/octet-stream", len(pf.oci.EMPTY_CONFIG), None
+                return "application/octet-stream", len(pf.oci.EMPTY_CONFIG), None, True
             blob = access.blob_visible(connection, caller, digest)
             if blob is None:
                 raise OciError(404, "BLOB_UNKNOWN", f"blob {digest} not found")
@@ -218,17 +218,17 @@ async def get_blob(request: Request, ns: str, name: str, digest: str) -> Respons
                 )
             ).first()
             counted = repository.id if version_of_repository is not None else None
-            return blob.media_type, blob.size, counted
+            return blob.media_type, blob.size, counted, not repository.private
 
     key = ("oci-blob", caller.user_id, caller.is_admin, ns, name, digest)
-    media_type, size, counted = await registry.reads.get(key, visible)
+    media_type, size, counted, public = await registry.reads.get(key, visible)
     if request.method == "HEAD":
         headers = {"Content-Length": str(size), "Docker-Content-Digest": digest, **API_VERSION}
         return Response(media_type=media_type, headers=headers)
     if digest == pf.oci.EMPTY_DIGEST:
         return Response(pf.oci.EMPTY_CONFIG, headers={"Docker-Content-Digest": digest})
-    response = await send_blob(registry, digest, media_type)
-    if counted is not None:
+    response = await send_blob(request, registry, Download(digest, media_type, public))
+    if counted is not None and response.status_code != 304:
         registry.downloads.add(counted)
     return response
 

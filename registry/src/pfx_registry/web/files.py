@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 import perfusion_format as pf
-from pfx_registry.api.http import blob_bytes, digest_param
+from pfx_registry.api.delivery import FOREVER, blob_bytes, etag_matches
+from pfx_registry.api.http import digest_param
 from pfx_registry.api.versions import resolved_version
 from pfx_registry.errors import ApiError, Code, not_found
 from pfx_registry.service import concepts
@@ -33,7 +34,6 @@ STATIC_FILES = {
     "catalog.js": "text/javascript; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-_FOREVER = "max-age=31536000, immutable"
 
 
 @router.get("/-/static/{name}")
@@ -43,7 +43,7 @@ def static_file(name: str) -> Response:
         raise not_found(f"static file {name}")
     data, version = static_asset(name)
     headers = {
-        "Cache-Control": f"public, {_FOREVER}",
+        "Cache-Control": f"public, {FOREVER}",
         "ETag": f'"{version}"',
         "X-Content-Type-Options": "nosniff",
     }
@@ -71,11 +71,10 @@ def _cached(request: Request, etag: str, public: bool) -> dict[str, str] | None:
     ``If-None-Match``) is current, which the caller answers with 304."""
     headers = {
         "ETag": etag,
-        "Cache-Control": f"{'public' if public else 'private'}, {_FOREVER}",
+        "Cache-Control": f"{'public' if public else 'private'}, {FOREVER}",
         "X-Content-Type-Options": "nosniff",
     }
-    sent = request.headers.get("if-none-match", "")
-    if etag in (tag.strip() for tag in sent.split(",")) or sent.strip() == "*":
+    if etag_matches(request, etag):
         return None
     return headers
 
