@@ -357,12 +357,8 @@ def test_patch_cross_attention_on_a_bare_unet(world) -> None:
     pipe, teddy, _ = world
     unet = pipe.unet
     originals = dict(unet.attn_processors)
-    vectors = pr.ConceptVectors.from_concept(teddy)
-    concept_set = pr.ConceptSet([vectors])
-    edits = {
-        path: pr.LayerEdit(concept_set, vectors.value_targets[path][None])
-        for path, _ in pr.pipeline_layout(pipe).layers
-    }
+    edits = pr.build_edits(teddy).layers
+    assert sorted(edits) == [path for path, _ in pr.pipeline_layout(pipe).layers]
     patch = pr.patch_cross_attention(unet, edits)
     assert all(
         isinstance(unet.get_submodule(path).processor, pr.PerfusionAttnProcessor) for path in edits

@@ -31,7 +31,7 @@ from tiny_pipelines import build_pipeline
 
 import perfusion_format as pf
 import perfusion_runtime as pr
-from perfusion_runtime.importers import ldm_to_diffusers
+from perfusion_runtime.layer_names import ldm_to_diffusers
 
 BETA, TAU = 0.7, 0.15
 TOKEN = "<teddy>"

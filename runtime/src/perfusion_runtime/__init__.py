@@ -7,8 +7,14 @@
     >>> handle.remove()                        # the pipeline is exactly as before
     >>> concept = pr.train(pipe, "photos/", pr.TrainingConfig(token="<dog>", superclass="dog"))
 
-The edit itself (:mod:`perfusion_runtime.edit`) is plain torch, for tools with their own model
-code; :func:`patch_cross_attention` patches any module tree of diffusers ``Attention`` layers.
+    >>> pr.applied(pipe)                       # the handle, for tools that did not keep it
+    >>> pr.unload(pipe)                        # remove whatever is applied
+
+Tools with their own model code (ComfyUI, A1111, research UNets) use :func:`build_edits` — the
+per-layer edits of a set of concepts, named the diffusers or the LDM way
+(:mod:`perfusion_runtime.layer_names`) — and :func:`patch_cross_attention`, which puts them into
+any module with ``to_k``/``to_v`` Linears; the edit itself (:mod:`perfusion_runtime.edit`) is
+plain torch. ``patch.observe()`` / ``handle.observe()`` record the edited K and V.
 :func:`estimate_covariance` / :func:`save_covariance` / :func:`load_covariance` keep a text
 encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`), and
 :func:`new_concept` makes a concept initialised as the paper does;
@@ -16,6 +22,7 @@ encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`), and
 (:mod:`perfusion_runtime.importers`).
 """
 
+from .concept_edits import ConceptEdits, build_edits, load_concept
 from .covariance import (
     Covariance,
     build_covariance,
@@ -29,25 +36,37 @@ from .edit import ConceptSet, ConceptVectors, LayerEdit
 from .errors import ErrorCategory, PerfusionRuntimeError, RuntimeErrorCode
 from .importers import import_checkpoint
 from .initial_concept import new_concept
+from .layer_names import diffusers_to_ldm, ldm_to_diffusers
 from .pipeline import (
     PerfusionHandle,
     PipelineLayout,
+    applied,
     apply,
-    load_concept,
     pipeline_fingerprint,
     pipeline_layout,
     text_encoder_fingerprint,
+    unload,
 )
-from .processor import PerfusionAttnProcessor, patch_cross_attention
+from .processor import (
+    CrossAttentionPatch,
+    EditedProjection,
+    KVTrace,
+    PerfusionAttnProcessor,
+    patch_cross_attention,
+)
 from .prompts import encode_prompts
 from .training import DEFAULT_TEMPLATES, TrainingConfig, TrainingProgress, train
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "ConceptEdits",
     "ConceptSet",
     "ConceptVectors",
     "Covariance",
+    "CrossAttentionPatch",
+    "EditedProjection",
     "ErrorCategory",
+    "KVTrace",
     "LayerEdit",
     "PerfusionAttnProcessor",
     "PerfusionHandle",
@@ -57,12 +76,16 @@ __all__ = [
     "TrainingConfig",
     "TrainingProgress",
     "__version__",
+    "applied",
     "apply",
     "build_covariance",
+    "build_edits",
     "default_captions",
+    "diffusers_to_ldm",
     "encode_prompts",
     "estimate_covariance",
     "import_checkpoint",
+    "ldm_to_diffusers",
     "load_concept",
     "load_covariance",
     "new_concept",
@@ -73,6 +96,7 @@ __all__ = [
     "save_covariance",
     "text_encoder_fingerprint",
     "train",
+    "unload",
 ]
 
 __version__ = "0.1.0"

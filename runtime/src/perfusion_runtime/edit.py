@@ -21,9 +21,10 @@ the layer's dtype (float32, float16 or bfloat16: the gates and targets are cast 
 edit term is rounded as the layer's own output is); otherwise it is added out of place in
 float32 and cast back.
 
-Tools with their own attention code build a :class:`ConceptSet` and one :class:`LayerEdit` per
-cross-attention layer, then call ``edit.keys(e, to_k)`` and ``edit.values(e, to_v)`` where they
-would have called ``to_k(e)`` and ``to_v(e)``.
+Tools with their own attention code get a :class:`ConceptSet` and one :class:`LayerEdit` per
+cross-attention layer from :func:`~perfusion_runtime.build_edits`, then either patch their modules
+(:func:`~perfusion_runtime.patch_cross_attention`) or call ``edit.keys(e, to_k)`` and
+``edit.values(e, to_v)`` where they would have called ``to_k(e)`` and ``to_v(e)``.
 """
 
 from __future__ import annotations
@@ -209,12 +210,26 @@ class ConceptSet:
         """d, the width of the encodings the edit applies to."""
         return self._vectors.master["targets"].shape[1]
 
-    def gate(self, index: int) -> tuple[float, float]:
-        """(β, τ) of concept ``index``."""
-        return self._gate_values[index]
+    def index(self, token: str) -> int:
+        """The position of the concept with ``token``; UNKNOWN_CONCEPT if none has it."""
+        if token not in self.tokens:
+            raise PerfusionRuntimeError(
+                RuntimeErrorCode.UNKNOWN_CONCEPT,
+                f"no concept here has the token {token!r}; these have: {', '.join(self.tokens)}",
+            )
+        return self.tokens.index(token)
 
-    def set_gate(self, index: int, beta: float, tau: float) -> None:
-        """Change concept ``index``'s gate; takes effect at the next forward pass."""
+    def gate(self, token: str) -> tuple[float, float]:
+        """(β, τ) of the concept with ``token``."""
+        return self._gate_values[self.index(token)]
+
+    def set_gate(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
+        """Change the β and/or τ of the concept with ``token``; takes effect at the next forward
+        pass (INVALID_GATE unless β is finite and τ > 0)."""
+        index = self.index(token)
+        current_beta, current_tau = self._gate_values[index]
+        beta = current_beta if beta is None else beta
+        tau = current_tau if tau is None else tau
         check_gate(beta, tau)
         self._gate_values[index] = (beta, tau)
         self._gates = self._gate_tensors()
@@ -222,14 +237,15 @@ class ConceptSet:
 
     def set_vectors(
         self,
-        index: int,
+        token: str,
         target_input: Tensor,
         gate_direction: Tensor,
         superclass_input: Tensor | None,
     ) -> None:
-        """Replace concept ``index``'s i*, u and i_s (float32 [d], no gradient; i_s None for a
-        concept with explicit key targets), as training does after each EMA update; takes effect
-        at the next forward pass."""
+        """Replace the i*, u and i_s of the concept with ``token`` (float32 [d], no gradient; i_s
+        None for a concept with explicit key targets), as training does after each EMA update;
+        takes effect at the next forward pass."""
+        index = self.index(token)
         self._concepts[index] = replace(
             self._concepts[index],
             target_input=target_input,

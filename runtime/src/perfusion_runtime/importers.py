@@ -49,6 +49,7 @@ from torch import Tensor
 import perfusion_format as pf
 
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
+from .layer_names import ldm_to_diffusers
 from .pipeline import pipeline_fingerprint, pipeline_layout
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "KEY_LOCK_TOLERANCE",
     "SourceLayout",
     "import_checkpoint",
-    "ldm_to_diffusers",
     "read_checkpoint",
 ]
 
@@ -71,11 +71,6 @@ MAX_CHECKPOINT_SIZE = 512 * 1024 * 1024
 #: Largest relative difference between the i* that perfusion-pytorch's modules each keep.
 _TARGET_AGREEMENT = 1e-3
 
-_LDM_ATTN2 = re.compile(
-    r"(?:model\.diffusion_model\.)?"
-    r"(?:input_blocks\.(?P<input>[0-9]+)\.1|middle_block\.1|output_blocks\.(?P<output>[0-9]+)\.1)"
-    r"\.transformer_blocks\.(?P<block>[0-9]+)\.attn2"
-)
 _TARGET_OUTPUT = re.compile(r"(?P<module>.+)\.to_(?P<projection>[kv])\.target_output")
 _OPCODE = re.compile(r"Unsupported operand [0-9]+")
 _GLOBAL = re.compile(r"Unsupported global: (?:GLOBAL )?([^\s]+)")
@@ -102,32 +97,6 @@ class _Source:
 
 def _invalid(message: str) -> PerfusionRuntimeError:
     return PerfusionRuntimeError(RuntimeErrorCode.IMPORT_INVALID, message)
-
-
-def ldm_to_diffusers(path: str, layers_per_block: int = 2) -> str | None:
-    """The diffusers path of an LDM/SGM cross-attention module path, or None if it is not one.
-
-    ``input_blocks.{i}.1`` → ``down_blocks.{(i−1)//(n+1)}.attentions.{(i−1)%(n+1)}``,
-    ``middle_block.1`` → ``mid_block.attentions.0``, ``output_blocks.{j}.1`` →
-    ``up_blocks.{j//(n+1)}.attentions.{j%(n+1)}``, each ``….transformer_blocks.{t}.attn2``, with
-    n = ``layers_per_block`` res blocks per level (2 in SD 1.x, 2.x and XL); an optional
-    ``model.diffusion_model.`` prefix is dropped.
-    """
-    match = _LDM_ATTN2.fullmatch(path)
-    if match is None:
-        return None
-    per_level = layers_per_block + 1
-    if match["input"] is not None:
-        level, attention = divmod(int(match["input"]) - 1, per_level)
-        if level < 0 or attention >= layers_per_block:  # the input conv or a downsampler
-            return None
-        block = f"down_blocks.{level}.attentions.{attention}"
-    elif match["output"] is not None:
-        level, attention = divmod(int(match["output"]), per_level)
-        block = f"up_blocks.{level}.attentions.{attention}"
-    else:
-        block = "mid_block.attentions.0"
-    return f"{block}.transformer_blocks.{int(match['block'])}.attn2"
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:

@@ -11,10 +11,10 @@ The returned :class:`PerfusionHandle` changes gates and puts every original obje
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 import weakref
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any
@@ -25,39 +25,31 @@ from torch import nn
 import perfusion_format as pf
 
 from . import compat
-from .edit import ConceptSet, ConceptVectors, LayerEdit, check_gate
+from .concept_edits import ConceptSource, build_edits, load_concepts
+from .edit import ConceptSet, LayerEdit
 from .errors import PerfusionRuntimeError, RuntimeErrorCode
-from .processor import CrossAttentionPatch, patch_cross_attention
+from .processor import CrossAttentionPatch, KVTrace, patch_cross_attention
 from .tokens import ConceptEmbedding, extended_tokenizer, in_vocabulary
 
 __all__ = [
-    "ConceptSource",
     "PerfusionHandle",
     "PipelineLayout",
+    "applied",
     "apply",
     "check_not_applied",
     "check_token_free",
     "install",
-    "load_concept",
     "pipeline_fingerprint",
     "pipeline_layout",
     "text_encoder_fingerprint",
+    "unload",
 ]
-
-ConceptSource = str | os.PathLike[str] | bytes | pf.Concept
 
 #: (text encoder, tokenizer) component names, in the order a family lists its encoders.
 _TEXT_COMPONENTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 _HANDLE_ATTRIBUTE = "_perfusion_handle"
-
-
-def load_concept(source: ConceptSource) -> pf.Concept:
-    """A validated concept from a path, the file's bytes, or a concept (returned as is)."""
-    if isinstance(source, pf.Concept):
-        return source
-    if isinstance(source, bytes | bytearray):
-        return pf.loads(bytes(source))
-    return pf.load(source)
+#: The handle of the concepts each UNet carries (siblings built from ``pipe.components`` share it).
+_APPLIED: weakref.WeakKeyDictionary[nn.Module, PerfusionHandle] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -126,14 +118,17 @@ def pipeline_fingerprint(pipe: Any, layers: Sequence[tuple[str, int]]) -> str:
     """The base fingerprint (spec §4.3) of ``pipe``'s UNet over ``layers``, in that order.
 
     Cached per UNet; the cache is invalidated when any covered weight is replaced or changed in
-    place (its storage or version counter moves), e.g. by fusing a LoRA.
+    place (its storage or version counter moves), or when the adapters merged into a projection
+    change (PEFT's ``fuse_lora``/``unfuse_lora`` write ``weight.data``, which moves neither).
     """
     names = pf.fingerprint_names(layers)
     unet = compat.unwrap_compiled(pipe.unet)
-    weights = [
-        compat.materialized_weight(unet.get_submodule(name.rsplit(".", 1)[0])) for name in names
-    ]
-    version = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+    modules = [unet.get_submodule(name.rsplit(".", 1)[0]) for name in names]
+    weights = [compat.materialized_weight(module) for module in modules]
+    version = tuple(
+        (id(m), tuple(getattr(m, "merged_adapters", ())), w.data_ptr(), w._version, w.dtype)
+        for m, w in zip(modules, weights, strict=True)
+    )
     cache = _FINGERPRINTS.setdefault(unet, {})
     cached = cache.get(tuple(layers))
     if cached is None or cached[0] != version:
@@ -216,34 +211,6 @@ def check_not_applied(pipe: Any) -> None:
     compat.check_components_free(pipe)
 
 
-def _check_tokens(concepts: Sequence[pf.Concept], pipe: Any) -> None:
-    seen: set[str] = set()
-    for concept in concepts:
-        if concept.token in seen:
-            raise PerfusionRuntimeError(
-                RuntimeErrorCode.DUPLICATE_TOKEN, f"two concepts use the token {concept.token}"
-            )
-        seen.add(concept.token)
-        check_token_free(pipe, concept.token)
-
-
-def _layer_edits(vectors: Sequence[ConceptVectors], layout: PipelineLayout) -> dict[str, LayerEdit]:
-    """One :class:`LayerEdit` per attn2 layer, all sharing one :class:`ConceptSet`."""
-    concept_set = ConceptSet(vectors)
-    explicit = any(v.key_targets is not None for v in vectors)
-    edits = {}
-    for path, width in layout.layers:
-        values = torch.stack([v.value_targets[path] for v in vectors])
-        keys = None
-        if explicit:
-            zeros = torch.zeros(width)
-            keys = torch.stack(
-                [zeros if v.key_targets is None else v.key_targets[path] for v in vectors]
-            )
-        edits[path] = LayerEdit(concept_set, values, keys)
-    return edits
-
-
 def _wrap_encode_prompt(pipe: Any, superclasses: dict[str, str]) -> None:
     """Global locking: make ``pipe.encode_prompt`` return [concept ‖ superclass] encodings along
     the sequence axis, the second half encoding the prompt with each trigger token replaced by
@@ -316,17 +283,28 @@ class PerfusionHandle:
         """False once :meth:`remove` has run."""
         return self._pipe is not None
 
+    @property
+    def concepts(self) -> ConceptSet:
+        """The applied :class:`ConceptSet` (the handle's gate methods are its, by token)."""
+        return self._concepts
+
     def gate(self, token: str) -> pf.Gate:
-        """The (β, τ) the concept with ``token`` is applied with."""
-        return pf.Gate(*self._concepts.gate(self._index(token)))
+        """The (β, τ) the concept with ``token`` is applied with (UNKNOWN_CONCEPT if none)."""
+        return pf.Gate(*self._concepts.gate(token))
 
     def set_gate(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
         """Change one concept's β and/or τ; takes effect on the next pipeline call."""
-        index = self._index(token)
-        current_beta, current_tau = self._concepts.gate(index)
-        self._concepts.set_gate(
-            index, current_beta if beta is None else beta, current_tau if tau is None else tau
-        )
+        self._concepts.set_gate(token, beta, tau)
+
+    def observe(self) -> AbstractContextManager[KVTrace]:
+        """Record the edited K and V each attn2 layer hands to attention within the block::
+
+            with handle.observe() as trace:
+                pipe(prompt)
+            keys = trace.keys["down_blocks.0.attentions.0.transformer_blocks.0.attn2"]
+
+        One entry per UNet call and layer (:class:`~perfusion_runtime.processor.KVTrace`)."""
+        return self._patch.observe()
 
     def clear_cache(self) -> None:
         """Drop the cached edited K and V of every layer (they are recomputed at the next call).
@@ -336,14 +314,6 @@ class PerfusionHandle:
         kv_cache`); only after writes that bypass PyTorch's version counters, such as
         ``weight.data.copy_(…)`` on a projection or ``prompt_embeds`` changed through NumPy."""
         self._patch.clear_cache()
-
-    def _index(self, token: str) -> int:
-        if token not in self._concepts.tokens:
-            raise PerfusionRuntimeError(
-                RuntimeErrorCode.UNKNOWN_CONCEPT,
-                f"no applied concept has the token {token!r}; applied: {', '.join(self.tokens)}",
-            )
-        return self._concepts.tokens.index(token)
 
     def remove(self) -> None:
         """Put back the original processors, embeddings, tokenizers and ``encode_prompt``, so
@@ -359,6 +329,7 @@ class PerfusionHandle:
         pipe.__dict__.pop("encode_prompt", None)
         compat.unguard(pipe)
         pipe.__dict__.pop(_HANDLE_ATTRIBUTE, None)
+        _APPLIED.pop(self._patch.root, None)
         self._pipe = None
 
     def __enter__(self) -> PerfusionHandle:
@@ -396,27 +367,20 @@ def apply(
     ALREADY_APPLIED, UNSUPPORTED_PIPELINE or INVALID_GATE.
 
     Load LoRA adapters and textual inversions before applying concepts: both compose with them.
+    The edits are :func:`~perfusion_runtime.build_edits`'s, so a tool with its own model code
+    that uses that function applies exactly what this does.
     """
-    single = isinstance(concepts, str | bytes | os.PathLike | pf.Concept)
-    sources = [concepts] if single else concepts
-    loaded = [load_concept(source) for source in sources]
-    if not loaded:
-        raise ValueError("apply() needs at least one concept")
+    loaded = load_concepts(concepts)
     check_not_applied(pipe)
-    if beta is not None or tau is not None:
-        check_gate(0.0 if beta is None else beta, 1.0 if tau is None else tau)
     layout = pipeline_layout(pipe)
     for concept in loaded:
         _check_fits(concept, layout)
         _check_base(concept, pipe, allow_base_mismatch)
-    _check_tokens(loaded, pipe)
-    vectors = [ConceptVectors.from_concept(c, beta, tau) for c in loaded]
-    rows = {
-        encoder: torch.cat([torch.tensor(c.embeddings[encoder]) for c in loaded])
-        for encoder, _ in layout.text_encoders
-    }
-    superclasses = {c.token: c.superclass for c in loaded} if global_locking else None
-    return install(pipe, _layer_edits(vectors, layout), rows, superclasses, kv_cache=kv_cache)
+    edits = build_edits(loaded, beta=beta, tau=tau)
+    for token in edits.tokens:
+        check_token_free(pipe, token)
+    superclasses = edits.superclasses if global_locking else None
+    return install(pipe, edits.layers, edits.embeddings, superclasses, kv_cache=kv_cache)
 
 
 def install(
@@ -439,6 +403,8 @@ def install(
     check_not_applied(pipe)
     concept_set = next(iter(edits.values())).concepts
     tokens = list(concept_set.tokens)
+    unet = compat.unwrap_compiled(pipe.unet)
+    patch = patch_cross_attention(unet, edits, superclasses is not None, kv_cache)
     originals: dict[str, Any] = {}
     nbytes = concept_set.nbytes + sum(edit.nbytes for edit in edits.values())
     for encoder_name, tokenizer_name in _TEXT_COMPONENTS:
@@ -453,12 +419,33 @@ def install(
         encoder.set_input_embeddings(embedding)
         setattr(pipe, tokenizer_name, extended)
         nbytes += embedding.rows.numel() * embedding.rows.element_size()
-    patch = patch_cross_attention(
-        compat.unwrap_compiled(pipe.unet), edits, superclasses is not None, kv_cache
-    )
     compat.guard(pipe)
     if superclasses is not None:
         _wrap_encode_prompt(pipe, superclasses)
     handle = PerfusionHandle(pipe, concept_set, patch, originals, nbytes)
     pipe.__dict__[_HANDLE_ATTRIBUTE] = handle
+    _APPLIED[unet] = handle
     return handle
+
+
+def applied(pipe: Any) -> PerfusionHandle | None:
+    """The handle of the concepts applied to ``pipe``, or None when it carries none.
+
+    For tools that did not keep the handle :func:`apply` returned. A sibling pipeline built from
+    ``pipe.components`` (img2img, inpaint) shares the UNet, so it reports the same handle.
+    """
+    handle = pipe.__dict__.get(_HANDLE_ATTRIBUTE)
+    unet = getattr(pipe, "unet", None)
+    if handle is None and unet is not None:
+        handle = _APPLIED.get(compat.unwrap_compiled(unet))
+    return handle
+
+
+def unload(pipe: Any) -> bool:
+    """Remove whatever concepts ``pipe`` (or a sibling sharing its UNet) carries, as
+    :meth:`PerfusionHandle.remove` does; True if there were any."""
+    handle = applied(pipe)
+    if handle is None:
+        return False
+    handle.remove()
+    return True

@@ -447,7 +447,9 @@ class _Run:
         assert state.superclass_input is not None
         target = state.target_input.cpu()
         superclass = None if state.keys is not None else state.superclass_input.cpu()
-        self.concept_set.set_vectors(0, target, solve_gate(self.factor, target), superclass)
+        self.concept_set.set_vectors(
+            self.concept_set.tokens[0], target, solve_gate(self.factor, target), superclass
+        )
 
     def step(self, step: int) -> float:
         """One optimizer step over ``accumulate`` micro-batches; returns their mean loss."""
