@@ -26,6 +26,12 @@ serve: install
 test: install
 	$(PY) -m pytest -n 2 tests
 
+# The scaled-out shape (deploy/cluster.py, docs/deploy.md): PostgreSQL 15, the S3-protocol server,
+# two registry replicas and nginx on http://127.0.0.1:8780, in the foreground; Ctrl-C stops all.
+# Needs nginx (Debian: apt-get install -y nginx). CLUSTER_ARGS="--replicas 3 --store folder".
+cluster: install
+	$(PY) deploy/cluster.py $(CLUSTER_ARGS)
+
 # Registry, tiny pipeline, two concepts signed and pushed to two organizations, search, verified
 # pulls and an image with both concepts; offline, in a temporary folder (about a minute).
 # `make demo DEMO_ARGS="--serve --port 8700"` keeps its registry (and web catalog) running after.
@@ -54,6 +60,10 @@ bench: install
 # Needs wrk, nginx and pypiserver (see bench/registry.py); about 10 minutes.
 bench-registry: install
 	$(PY) -m bench.registry
+
+# The cluster's download, resolve and fault figures (bench/cluster.py); needs nginx and wrk.
+bench-cluster: install
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

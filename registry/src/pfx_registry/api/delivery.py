@@ -135,16 +135,17 @@ async def send_blob(request: Request, registry: Registry, download: Download) ->
     key = registry.blobs.key(download.digest)
     if settings.signed_url_secret:
         url = signing.signed_url(key, settings.signed_url_secret, settings.signed_url_seconds)
-        redirect = {"Location": url, "Cache-Control": "private, no-store", "ETag": etag}
+        query = await _presigned_query(registry, download.digest)
+        redirect = {
+            "Location": f"{url}&{query}" if query else url,
+            "Cache-Control": "private, no-store",
+            "ETag": etag,
+        }
         return Response(status_code=307, headers=redirect)
     if settings.accel_redirect:
-        target = settings.accel_redirect + key
-        presigned = await run_in_threadpool(
-            registry.blobs.presigned_url, download.digest, settings.presign_seconds
-        )
-        if presigned is not None:
-            target += "?" + urlsplit(presigned).query
-        headers["X-Accel-Redirect"] = target
+        query = await _presigned_query(registry, download.digest)
+        headers["X-Accel-Redirect"] = settings.accel_redirect + key + (f"?{query}" if query else "")
+        del headers["Accept-Ranges"]  # the front server says it (it answers the ranges)
         return Response(media_type=download.media_type, headers=headers)
     if settings.s3_redirect:
         url = await run_in_threadpool(
@@ -153,6 +154,16 @@ async def send_blob(request: Request, registry: Registry, download: Download) ->
         if url is not None:
             return RedirectResponse(url, status_code=307)
     return await _bytes_answer(request, registry, download, headers)
+
+
+async def _presigned_query(registry: Registry, digest: str) -> str | None:
+    """The query of a presigned URL for ``digest`` (S3; reused for half its lifetime), which
+    the front server passes on to S3 so that it needs no credentials of its own; None for the
+    folder store."""
+    url = await run_in_threadpool(
+        registry.blobs.presigned_url, digest, registry.settings.presign_seconds
+    )
+    return urlsplit(url).query if url is not None else None
 
 
 async def _bytes_answer(
