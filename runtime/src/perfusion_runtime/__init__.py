@@ -22,7 +22,7 @@ encoder's input covariance in a file (:mod:`perfusion_runtime.covariance`), and
 (:mod:`perfusion_runtime.importers`).
 """
 
-from .concept_edits import ConceptEdits, build_edits, load_concept
+from .concept_edits import ConceptEdits, ConceptSource, build_edits, load_concept
 from .covariance import (
     Covariance,
     build_covariance,
@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "ConceptEdits",
     "ConceptSet",
+    "ConceptSource",
     "ConceptVectors",
     "Covariance",
     "CrossAttentionPatch",
