@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements-dev.txt \
 	perfusion_format/pyproject.toml runtime/pyproject.toml registry/pyproject.toml client/pyproject.toml
 
-.PHONY: install serve test lint format demo toyworld bench bench-registry clean
+.PHONY: install serve test lint format demo toyworld bench bench-registry bench-cluster cluster clean
 
 install: $(STAMP)
 
@@ -40,8 +40,8 @@ demo: install
 
 # The toy world (bench/toyworld): world, instrument, base model, concepts, measurements; cached
 # under .toyworld/ so a second run only re-measures (first run about 45 minutes on 2 CPUs).
-toyworld: install
-	$(PY) -m bench.toyworld.run
+toyworld: install  # TOYWORLD_ARGS="--profile large", "--replicates 5 --base-seeds 0,1,2"
+	$(PY) -m bench.toyworld.run $(TOYWORLD_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -54,6 +54,10 @@ def source_digest(paths: Sequence[Path]) -> str:
     return hasher.hexdigest()[:16]
 
 
+def _without_code(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key != "code"}
+
+
 @dataclass(frozen=True)
 class StageResult:
     """A stage's folder, key and summary, and whether this run built it (False: reused)."""
@@ -78,10 +82,12 @@ class Cache:
         settings: dict[str, Any],
         make: Callable[[Path], dict[str, Any]],
         rebuild: bool = False,
+        ignore_code: bool = False,
     ) -> StageResult:
         """The stage ``name``: reused when its folder's key matches ``settings`` (and not
         ``rebuild``), else made by ``make(folder)``, which fills the folder and returns the
-        summary."""
+        summary. With ``ignore_code``, a folder whose settings match but for their ``code``
+        digest is reused too, under its old key (code changed in ways known not to matter)."""
         folder = self.root / name
         key = digest(settings)
         stamp = folder / STAMP
@@ -90,6 +96,11 @@ class Cache:
             if record.get("key") == key:
                 self._log(name, "cached", key, 0.0)
                 return StageResult(name, folder, key, record["summary"], False, 0.0)
+            if ignore_code and _without_code(record.get("settings", {})) == _without_code(
+                json.loads(json.dumps(settings, default=str))
+            ):
+                self._log(name, "cached", record["key"], 0.0)
+                return StageResult(name, folder, record["key"], record["summary"], False, 0.0)
         partial = self.root / f"{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

@@ -1,26 +1,37 @@
-"""The toy world of issue 7, stage by stage, each stage's artefacts cached under one folder.
+"""The toy world of issues 7 and 19, stage by stage, each stage's artefacts cached under one
+folder, with replicates and several base models.
 
-    python -m bench.toyworld.run [--cache .toyworld] [--profile full|tiny] [--until STAGE]
-                                 [--rebuild STAGE] [--threads N] [--base-minutes M]
+    python -m bench.toyworld.run [--cache .toyworld] [--profile full|large|tiny] [--until STAGE]
+                                 [--rebuild STAGE] [--keep-built] [--threads N]
+                                 [--replicates N] [--base-seeds 0,1] [--base-minutes M]
                                  [--base-steps N]
 
 Stages, in order (each reads the ones before it; see toyworld/cache.py for the folder layout):
 
 1. ``world``        draw the datasets (train / held-out, one and two objects) and a preview;
 2. ``instrument``   train the classifier, report its held-out accuracy (≥ 95 % to be trusted);
-3. ``autoencoder``  train the VAE;  ``base``: pretrain text encoder + UNet (a step count, within
-                    a time budget); ``gate``: generate for held-out captions and report what
-                    the instrument reads;
-4. ``concepts``     draw each novel object's training images and train it with ``pfx train``,
-                    keys locked and keys learned (toyworld/concepts.py);
-5. ``measurements`` fidelity, prompt alignment, the β sweep, key locking and composition
-                    (toyworld/measure.py): ``tables.md`` and ``figure.png``.
+3. ``autoencoder``  train the VAE (shared by every base model);
+   per base seed b (folder ``base-<b>/``):
+   ``base``         pretrain text encoder + UNet with seed b (a step count, within a time
+                    budget); ``gate``: generate for held-out captions and report what the
+                    instrument reads;
+4. ``concepts``     per replicate r (``base-<b>/concepts-r<r>``): each novel object's training
+                    images, trained with ``pfx train --seed r``, keys locked and keys learned
+                    (toyworld/concepts.py);
+5. ``measurements`` per replicate (``base-<b>/measurements-r<r>``): fidelity, prompt alignment,
+                    the β sweep, key locking and composition, sampled from noise seed r, one
+                    value per image (toyworld/measure.py);
+6. ``report``       every replicate of every base model pooled, 95 % intervals (Wilson for
+                    rates, a two-stage bootstrap over seeds and images for similarities and
+                    differences), the claims table: ``tables.md``, ``figure.png``
+                    (toyworld/report.py, toyworld/stats.py).
 
-A second run reuses every stage whose settings did not change (``log.jsonl`` says which); after
-a change of code, ``--rebuild STAGE`` rebuilds that stage and the ones after it. Seeds are fixed;
-the base model trains for a fixed step count unless its time budget (``--base-minutes``) stops
-it first. Each stage is a function ``(Run) -> StageResult`` in :data:`STAGES`, reading
-``run.results`` of the stages before it and calling ``run.stage``.
+A second run reuses every stage whose settings did not change (``log.jsonl`` says which): more
+replicates or another base seed build only what is new. After a change of code outside a
+stage's own module, ``--rebuild STAGE`` rebuilds that stage and the ones after it. Seeds are
+fixed; the base model trains for a fixed step count unless its time budget (``--base-minutes``)
+stops it first. Each kind of stage is a function ``(Run, ...) -> StageResult`` in
+:data:`STAGES`, reading ``run.results`` of the stages before it and calling ``run.stage``.
 """
 
 from __future__ import annotations
@@ -75,7 +86,7 @@ from .instrument import (
     train_instrument,
 )
 from .measure import MeasureSettings, measure
-from .report import figure, tables
+from .report import report
 from .world import (
     NOVEL_OBJECTS,
     Sample,
@@ -100,7 +111,8 @@ STAGE_CODE: dict[str, tuple[Path, ...]] = {
     "base": (TOYWORLD / "base_model.py",),
     "gate": (TOYWORLD / "base_model.py",),
     "concepts": (TOYWORLD / "concepts.py", RUNTIME),
-    "measurements": (TOYWORLD / "measure.py", TOYWORLD / "report.py", RUNTIME),
+    "measurements": (TOYWORLD / "measure.py", RUNTIME),
+    "report": (TOYWORLD / "report.py", TOYWORLD / "stats.py"),
 }
 #: The instrument's held-out accuracy per attribute needed to trust its readings.
 TRUSTED = 0.95
@@ -137,19 +149,39 @@ class Profile:
     concepts: ConceptSettings
     measure: MeasureSettings
     require_trusted: bool = True
+    replicates: int = 3
+    """Concepts trained (and measured) per novel object, variant and base model: seeds 0…N−1."""
+    base_seeds: tuple[int, ...] = (0, 1)
+    """The base models: one pretraining seed each."""
+    resamples: int = 2000
+    """Bootstrap resamples per interval."""
 
+
+_FULL = Profile(
+    world=World(),
+    counts={"train": 20000, "train_pairs": 6000, "held_out": 1000, "held_out_pairs": 500},
+    instrument=InstrumentSettings(),
+    autoencoder=AutoencoderSettings(),
+    base=BaseSettings(minutes=30.0, max_steps=1500),
+    gate=GateSettings(),
+    concepts=ConceptSettings(steps=250, batch=4, accumulate=1),
+    measure=MeasureSettings(images=8, betas=(0.4, 0.7, 1.0), composition=8, steps=20),
+)
 
 PROFILES: dict[str, Profile] = {
-    # The benchmark: about 45 minutes on a 2-core CPU, 23 of them pretraining the base model.
-    "full": Profile(
-        world=World(),
-        counts={"train": 20000, "train_pairs": 6000, "held_out": 1000, "held_out_pairs": 500},
-        instrument=InstrumentSettings(),
-        autoencoder=AutoencoderSettings(),
-        base=BaseSettings(),
-        gate=GateSettings(),
+    # The benchmark (make toyworld): two base models of 1,500 pretraining steps, three
+    # replicates each, 250 steps of 4 images per concept, 8 images per prompt, cell and
+    # replicate; about 40 minutes on an otherwise idle 2-core CPU.
+    "full": _FULL,
+    # The larger, optional run: the paper's 400 steps of 4 × 4 per concept, 4,500 pretraining
+    # steps, five replicates, 20 images per cell and replicate, five β, 30 sampling steps;
+    # several hours on a 2-core CPU.
+    "large": replace(
+        _FULL,
+        base=BaseSettings(minutes=40.0, max_steps=4500),
         concepts=ConceptSettings(),
         measure=MeasureSettings(),
+        replicates=5,
     ),
     # A miniature of every stage for the tests: seconds, and nothing in it is trustworthy.
     "tiny": Profile(
@@ -161,9 +193,12 @@ PROFILES: dict[str, Profile] = {
             minutes=None, max_steps=3, batch=8, warmup=1, text_width=32, unet_widths=(16, 32)
         ),
         gate=GateSettings(singles=4, pairs=2, steps=2),
-        concepts=ConceptSettings(images=3, steps=2, batch=2, accumulate=1),
+        concepts=ConceptSettings(images=3, steps=2, batch=2, accumulate=1, in_process=True),
         measure=MeasureSettings(images=2, betas=(0.7,), composition=2, references=4, steps=2),
         require_trusted=False,
+        replicates=2,
+        base_seeds=(0,),
+        resamples=200,
     ),
 }
 
@@ -200,6 +235,9 @@ class Reporter:
             self.console.print(f"[bold]{result.name:<12}[/] {action}: {result.folder}")
             self.console.print(tables.read_text(), soft_wrap=True, markup=False)
             return
+        if "measurements" in result.name:  # one value per image: too many to print
+            self.console.print(f"[bold]{result.name:<12}[/] {action}: {result.folder}")
+            return
         summary = json.dumps(result.summary, default=str)
         self.console.print(f"[bold]{result.name:<12}[/] {action}: {summary}", soft_wrap=True)
 
@@ -213,14 +251,28 @@ class Run:
     reporter: Reporter | None = None
     rebuild: frozenset[str] = frozenset()
     results: dict[str, StageResult] = field(default_factory=dict)
+    keep_built: bool = False
+    """Reuse built stages whose code changed since (``--keep-built``)."""
 
     def stage(
-        self, name: str, settings: dict[str, Any], make: Callable[[Path], dict[str, Any]]
+        self,
+        kind: str,
+        settings: dict[str, Any],
+        make: Callable[[Path], dict[str, Any]],
+        folder: str | None = None,
     ) -> StageResult:
-        """:meth:`Cache.stage` with the digest of the stage's code in its key, rebuilding the
-        stages the run was asked to rebuild."""
-        keyed = {**settings, "code": source_digest(STAGE_CODE[name])}
-        return self.cache.stage(name, keyed, make, rebuild=name in self.rebuild)
+        """:meth:`Cache.stage` for a stage of ``kind`` in ``folder`` (default: the kind's name),
+        with the digest of the kind's code in its key, rebuilding the kinds the run was asked to
+        rebuild; the result is kept in ``results[folder]``."""
+        keyed = {**settings, "code": source_digest(STAGE_CODE[kind])}
+        name = folder or kind
+        result = self.cache.stage(
+            name, keyed, make, rebuild=kind in self.rebuild, ignore_code=self.keep_built
+        )
+        self.results[name] = result
+        if self.reporter is not None:
+            self.reporter.finished(result)
+        return result
 
     @contextmanager
     def progress(self, stage: str) -> Iterator[Progress | None]:
@@ -310,15 +362,21 @@ def autoencoder_stage(run: Run) -> StageResult:
     return run.stage("autoencoder", key, make)
 
 
-def base_stage(run: Run) -> StageResult:
-    """Stage 3b: pretrain the base pipeline's text encoder and UNet; saved as ``pipeline/``."""
-    settings = run.profile.base
+def _base(seed: int) -> str:
+    """The folder of base seed ``seed``'s stages."""
+    return f"base-{seed}"
+
+
+def base_stage(run: Run, seed: int) -> StageResult:
+    """Stage 3b: pretrain the base pipeline's text encoder and UNet with seed ``seed``; saved
+    as ``pipeline/``."""
+    settings = replace(run.profile.base, seed=seed)
 
     def make(folder: Path) -> dict[str, Any]:
         vae = AutoencoderKL.from_pretrained(run.results["autoencoder"].folder)
         pipe = build_pipeline(run.profile.world, vae, settings)
         train = [run.world_data("train"), run.world_data("train_pairs")]
-        with run.progress("base") as progress:
+        with run.progress(f"base {seed}") as progress:
             summary = pretrain(pipe, train, settings, progress)
         pipe.save_pretrained(folder / "pipeline")
         return summary
@@ -330,59 +388,66 @@ def base_stage(run: Run) -> StageResult:
         "schedule": SCHEDULE,
         "context": CONTEXT,
     }
-    return run.stage("base", key, make)
+    return run.stage("base", key, make, f"{_base(seed)}/base")
 
 
-def load_base(run: Run) -> Any:
-    """The pretrained base pipeline, loaded as a user would (from its folder, offline)."""
-    folder = run.results["base"].folder / "pipeline"
+def load_base(run: Run, seed: int | None = None) -> Any:
+    """The pretrained base pipeline of base seed ``seed`` (default: the profile's first), loaded
+    as a user would (from its folder, offline)."""
+    seed = run.profile.base_seeds[0] if seed is None else seed
+    folder = run.results[f"{_base(seed)}/base"].folder / "pipeline"
     pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def gate_stage(run: Run) -> StageResult:
-    """Stage 3c: the quality gate — for held-out captions, how often the instrument reads the
-    requested attributes off the base model's images; ``samples.png`` shows the first ones."""
+def gate_stage(run: Run, seed: int) -> StageResult:
+    """Stage 3c: the quality gate of base seed ``seed`` — for held-out captions, how often the
+    instrument reads the requested attributes off the base model's images (rates, and the
+    number of objects read); ``samples.png`` shows the first ones."""
     settings = run.profile.gate
 
     def make(folder: Path) -> dict[str, Any]:
-        pipe = load_base(run)
+        pipe = load_base(run, seed)
         instrument = Instrument.load(run.results["instrument"].folder)
-        found, shown = {}, []
+        found, counted, shown = {}, {}, []
         for objects, name, count in (
             ("single", "held_out", settings.singles),
             ("pairs", "held_out_pairs", settings.pairs),
         ):
+            sample = run.world_data(name).head(count)
             rates, images = quality_gate(
                 pipe,
                 instrument,
-                run.world_data(name).head(count),
+                sample,
                 steps=settings.steps,
                 guidance=settings.guidance,
                 seed=settings.seed,
             )
             found[objects] = _rounded(rates)
+            counted[objects] = int(sample.labels.shape[0] * sample.labels.shape[1])
             shown.append(images[:32])
         save_grid(folder / "samples.png", np.concatenate(shown), scale=3)
-        return {"held_out_read_rate": found}
+        return {"held_out_read_rate": found, "objects_read": counted}
 
     key = {
-        "base": run.results["base"].key,
+        "base": run.results[f"{_base(seed)}/base"].key,
         "instrument": run.results["instrument"].key,
         "gate": asdict(settings),
     }
-    return run.stage("gate", key, make)
+    return run.stage("gate", key, make, f"{_base(seed)}/gate")
 
 
-def concepts_stage(run: Run) -> StageResult:
-    """Stage 4: each novel object's training images (``<name>/NN.png``) and its concepts, one
-    per variant (``<name>.<variant>.perfusion.safetensors``), made by ``pfx train``; the
+def concepts_stage(run: Run, seed: int, replicate: int) -> StageResult:
+    """Stage 4, one replicate of base seed ``seed``: each novel object's training images
+    (``<name>/NN.png``) and its concepts, one per variant
+    (``<name>.<variant>.perfusion.safetensors``), made by ``pfx train --seed <replicate>``; the
     covariance is estimated over the world's training captions (``captions.txt``)."""
-    settings = run.profile.concepts
+    settings = replace(run.profile.concepts, seed=replicate)
+    base = run.results[f"{_base(seed)}/base"]
 
     def make(folder: Path) -> dict[str, Any]:
-        model = run.results["base"].folder / "pipeline"
+        model = base.folder / "pipeline"
         captions = {c for name in ("train", "train_pairs") for c in run.world_data(name).captions}
         captions |= {without_colours(caption) for caption in captions}  # as pretraining saw them
         (folder / "captions.txt").write_text("\n".join(sorted(captions)) + "\n")
@@ -390,7 +455,7 @@ def concepts_stage(run: Run) -> StageResult:
             write_training_images(run.profile.world, novel, settings.images, folder / novel.name)
         jobs = [(novel, variant) for novel in NOVEL_OBJECTS.values() for variant in VARIANTS]
         reports = {}
-        with run.progress("concepts") as progress:
+        with run.progress(f"concepts {seed}/{replicate}") as progress:
             for done, (novel, variant) in enumerate(jobs):
                 if progress is not None:
                     progress(done, len(jobs), f"pfx train {novel.name} ({variant})")
@@ -410,13 +475,13 @@ def concepts_stage(run: Run) -> StageResult:
 
     key = {
         "world": run.results["world"].key,
-        "base": run.results["base"].key,
+        "base": base.key,
         "novel": {name: asdict(novel) for name, novel in NOVEL_OBJECTS.items()},
         "concepts": asdict(settings),
         "template": TEMPLATE,
         "variants": VARIANTS,
     }
-    return run.stage("concepts", key, make)
+    return run.stage("concepts", key, make, f"{_base(seed)}/concepts-r{replicate}")
 
 
 def _training_images(folder: Path) -> np.ndarray:
@@ -424,39 +489,78 @@ def _training_images(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
 
 
-def measurements_stage(run: Run) -> StageResult:
-    """Stage 5: the measurements of :mod:`toyworld.measure` on stage 4's concepts; writes
-    ``tables.md`` and ``figure.png``; the summary holds every number."""
+def measurements_stage(run: Run, seed: int, replicate: int) -> StageResult:
+    """Stage 5, one replicate of base seed ``seed``: the measurements of
+    :mod:`toyworld.measure` on that replicate's concepts, sampled from noise seed
+    ``replicate``; the summary holds every per-image value, ``shown.npz`` the example images."""
     settings = run.profile.measure
+    concepts_result = run.results[f"{_base(seed)}/concepts-r{replicate}"]
 
     def make(folder: Path) -> dict[str, Any]:
-        concepts_folder = run.results["concepts"].folder
+        concepts_folder = concepts_result.folder
         novels = list(NOVEL_OBJECTS.values())
         concepts = {
             novel.name: {v: pf.load(concept_file(concepts_folder, novel, v)) for v in VARIANTS}
             for novel in novels
         }
         training = {n.name: _training_images(concepts_folder / n.name) for n in novels}
-        pipe = load_base(run)
+        pipe = load_base(run, seed)
         instrument = Instrument.load(run.results["instrument"].folder)
-        with run.progress("measurements") as progress:
+        with run.progress(f"measure {seed}/{replicate}") as progress:
             result = measure(
-                pipe, instrument, run.profile.world, concepts, novels, training, settings, progress
+                pipe,
+                instrument,
+                run.profile.world,
+                concepts,
+                novels,
+                training,
+                settings,
+                noise_seed=replicate,
+                progress=progress,
             )
-        (folder / "tables.md").write_text(tables(result.summary))
-        figure(result.summary, result.shown, folder / "figure.png")
+        np.savez_compressed(folder / "shown.npz", **result.shown)
         return result.summary
 
     key = {
-        "concepts": run.results["concepts"].key,
+        "concepts": concepts_result.key,
         "instrument": run.results["instrument"].key,
         "measure": asdict(settings),
+        "noise_seed": replicate,
     }
-    return run.stage("measurements", key, make)
+    return run.stage("measurements", key, make, f"{_base(seed)}/measurements-r{replicate}")
 
 
-#: The stages in order.
-STAGES: dict[str, Callable[[Run], StageResult]] = {
+def report_stage(run: Run) -> StageResult:
+    """Stage 6: every replicate of every base model pooled, with intervals: ``tables.md``,
+    ``figure.png`` and the claims (toyworld/report.py); the summary holds the claims."""
+    seeds, replicates = run.profile.base_seeds, range(run.profile.replicates)
+    cells = [(s, r) for s in seeds for r in replicates]
+
+    def make(folder: Path) -> dict[str, Any]:
+        measured = {(s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary for s, r in cells}
+        gates = {
+            s: {
+                **run.results[f"{_base(s)}/base"].summary,
+                **run.results[f"{_base(s)}/gate"].summary,
+            }
+            for s in seeds
+        }
+        first = run.results[f"{_base(seeds[0])}/measurements-r0"].folder / "shown.npz"
+        with np.load(first) as shown_file:
+            shown = {name: shown_file[name] for name in shown_file.files}
+        return report(measured, gates, shown, folder, resamples=run.profile.resamples)
+
+    key = {
+        "measurements": [run.results[f"{_base(s)}/measurements-r{r}"].key for s, r in cells],
+        "gates": [run.results[f"{_base(s)}/gate"].key for s in seeds],
+        "resamples": run.profile.resamples,
+    }
+    return run.stage("report", key, make)
+
+
+#: The kinds of stage, in order (``--until`` and ``--rebuild`` name one); the later ones run
+#: once per base seed (base, gate) or per base seed and replicate (concepts, measurements).
+STAGES: dict[str, Callable[..., StageResult]] = {
     "world": world_stage,
     "instrument": instrument_stage,
     "autoencoder": autoencoder_stage,
@@ -464,28 +568,52 @@ STAGES: dict[str, Callable[[Run], StageResult]] = {
     "gate": gate_stage,
     "concepts": concepts_stage,
     "measurements": measurements_stage,
+    "report": report_stage,
 }
 
 
 def run(
     root: Path,
     profile: Profile,
-    until: str = "measurements",
+    until: str = "report",
     reporter: Reporter | None = None,
     rebuild: str | None = None,
+    keep_built: bool = False,
 ) -> Run:
-    """Run (or reuse) every stage up to and including ``until``, building ``rebuild`` and the
-    stages after it again even when cached; returns the run."""
+    """Run (or reuse) every stage up to and including the kind ``until``, building ``rebuild``
+    and the kinds after it again even when cached; returns the run. Per base seed the order is
+    base, gate, then concepts and measurements of replicate 0, 1, …, so that an interrupted run
+    keeps whole replicates."""
     names = list(STAGES)
+    last = names.index(until)
     forced = frozenset(names[names.index(rebuild) :]) if rebuild else frozenset()
-    state = Run(Cache(root), profile, reporter, forced)
-    for name, stage in STAGES.items():
-        state.results[name] = stage(state)
-        if reporter is not None:
-            reporter.finished(state.results[name])
-        if name == until:
-            break
+    state = Run(Cache(root), profile, reporter, forced, keep_built=keep_built)
+
+    def wanted(kind: str) -> bool:
+        return names.index(kind) <= last
+
+    for kind in ("world", "instrument", "autoencoder"):
+        if wanted(kind):
+            STAGES[kind](state)
+    for seed in profile.base_seeds:
+        for kind in ("base", "gate"):
+            if wanted(kind):
+                STAGES[kind](state, seed)
+        for replicate in range(profile.replicates):
+            for kind in ("concepts", "measurements"):
+                if wanted(kind):
+                    STAGES[kind](state, seed, replicate)
+    if wanted("report"):
+        report_stage(state)
     return state
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``0,1`` → (0, 1)."""
+    seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"base seeds must be distinct integers: {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +626,17 @@ def main(argv: list[str] | None = None) -> int:
         "--rebuild", choices=list(STAGES), help="rebuild this stage and those after it"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--keep-built",
+        action="store_true",
+        help="reuse built stages whose settings match even where their code changed since",
+    )
+    parser.add_argument(
+        "--replicates", type=int, default=None, help="training seeds per concept (default 3)"
+    )
+    parser.add_argument(
+        "--base-seeds", type=_seeds, default=None, help="base models' seeds, e.g. 0,1 (default)"
+    )
     parser.add_argument("--base-minutes", type=float, default=None, help="pretraining budget")
     parser.add_argument("--base-steps", type=int, default=None, help="pretraining steps")
     args = parser.parse_args(argv)
@@ -511,9 +650,18 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, base=base)
     elif args.base_minutes is not None:
         profile = replace(profile, base=replace(profile.base, minutes=args.base_minutes))
+    if args.replicates is not None:
+        if args.replicates < 1:
+            parser.error("--replicates must be at least 1")
+        profile = replace(profile, replicates=args.replicates)
+    if args.base_seeds is not None:
+        profile = replace(profile, base_seeds=args.base_seeds)
     reporter = Reporter()
-    reporter.console.print(f"toy world, profile {args.profile}, cache {args.cache}")
-    run(args.cache, profile, args.until, reporter, args.rebuild)
+    reporter.console.print(
+        f"toy world, profile {args.profile}, base seeds {list(profile.base_seeds)}, "
+        f"{profile.replicates} replicates, cache {args.cache}"
+    )
+    run(args.cache, profile, args.until, reporter, args.rebuild, args.keep_built)
     return 0
 
 

@@ -1,9 +1,11 @@
-"""A miniature of the toy world (bench/toyworld): the world's drawing and splits, and stages 1–5
-run on a tiny world with a few steps each, through the same code and cache as the benchmark
-(stage 4 runs the real ``pfx train``)."""
+"""A miniature of the toy world (bench/toyworld): the world's drawing and splits, and stages 1–6
+run on a tiny world with a few steps each — two replicates, a second base seed added from the
+cache — through the same code and cache as the benchmark (stage 4 runs the real ``pfx train``
+command, in-process)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -25,7 +27,7 @@ from bench.toyworld.cache import STAMP
 from bench.toyworld.concepts import TEMPLATE, VARIANTS, concept_file, token
 from bench.toyworld.instrument import Instrument, accuracy
 from bench.toyworld.measure import ALIGNMENT, prompt
-from bench.toyworld.run import PROFILES, STAGE_CODE, STAGES, Run, load_base, run
+from bench.toyworld.run import PROFILES, STAGE_CODE, Run, load_base, main, run
 from bench.toyworld.world import (
     BACKGROUND_JITTER,
     COLOUR_JITTER,
@@ -145,10 +147,24 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return run(tmp_path_factory.mktemp("toyworld"), TINY)
 
 
+def _names(seeds: tuple[int, ...], replicates: int) -> list[str]:
+    """The stages of a run, in order."""
+    names = ["world", "instrument", "autoencoder"]
+    for seed in seeds:
+        names += [f"base-{seed}/base", f"base-{seed}/gate"]
+        for r in range(replicates):
+            names += [f"base-{seed}/concepts-r{r}", f"base-{seed}/measurements-r{r}"]
+    return [*names, "report"]
+
+
+STAGE_NAMES = _names(TINY.base_seeds, TINY.replicates)
+
+
 def test_every_stage_built_once(built: Run) -> None:
-    assert list(built.results) == list(STAGES)
+    assert TINY.replicates == 2
+    assert list(built.results) == STAGE_NAMES
     assert all(result.built for result in built.results.values())
-    assert [entry["stage"] for entry in built.cache.log()] == list(STAGES)
+    assert [entry["stage"] for entry in built.cache.log()] == STAGE_NAMES
     assert not list(built.cache.root.glob("*.partial"))
     held_out = load_sample(built.results["world"].folder / "held_out.npz")
     assert held_out.images.shape == (TINY.counts["held_out"], 16, 16, 3)
@@ -187,7 +203,7 @@ def test_the_base_pipeline_loads_offline_and_takes_a_concept(built: Run) -> None
     assert image.shape == (1, 16, 16, 3)
     assert np.isfinite(image).all()
     handle.remove()
-    gate = built.results["gate"].summary["held_out_read_rate"]
+    gate = built.results["base-0/gate"].summary["held_out_read_rate"]
     assert set(gate) == {"single", "pairs"}
     assert all(0 <= rate <= 1 for rates in gate.values() for rate in rates.values())
 
@@ -202,22 +218,38 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
     first = run(root, TINY)
     assert not any(result.built for result in first.results.values())
     assert _stamps(first) == _stamps(built)
-    assert [e["action"] for e in first.cache.log()[-len(STAGES) :]] == ["cached"] * len(STAGES)
-    # A changed instrument is retrained, re-gated and re-measured; the world, the base model
-    # and the concepts stay.
-    changed = replace(TINY, instrument=replace(TINY.instrument, steps=5))
-    rebuilt = run(root, changed)
-    assert {name for name, result in rebuilt.results.items() if result.built} == {
-        "instrument",
-        "gate",
-        "measurements",
+    log = first.cache.log()[-len(STAGE_NAMES) :]
+    assert [e["action"] for e in log] == ["cached"] * len(STAGE_NAMES)
+    # One replicate fewer: every stage is reused and only the pooled report is made again.
+    fewer = run(root, replace(TINY, replicates=1))
+    assert {name for name, result in fewer.results.items() if result.built} == {"report"}
+    assert fewer.results["report"].summary["cells"] == [[0, 0]]
+    # A second base seed (from the command line): its base model, gate, concepts and
+    # measurements are new, nothing of the first one's is rebuilt.
+    before = len(fewer.cache.log())
+    arguments = ["--cache", str(root), "--profile", "tiny", "--base-seeds", "0,1"]
+    assert main([*arguments, "--replicates", "1"]) == 0
+    log = fewer.cache.log()[before:]
+    assert {e["stage"] for e in log if e["action"] == "built"} == {
+        "base-1/base",
+        "base-1/gate",
+        "base-1/concepts-r0",
+        "base-1/measurements-r0",
+        "report",
     }
-    assert _stamps(rebuilt)["base"] == _stamps(built)["base"]
+    again = run(root, replace(TINY, base_seeds=(0, 1), replicates=1))
+    assert [name for name, result in again.results.items() if result.built] == []
+    assert _stamps(again)["base-0/base"] == _stamps(built)["base-0/base"]
+    assert again.results["report"].summary["cells"] == [[0, 0], [1, 0]]
+    two = load_base(again, 1)
+    one = load_base(again, 0)
+    weights = [next(iter(p.unet.parameters())).detach().numpy() for p in (one, two)]
+    assert not np.array_equal(*weights)  # another pretraining seed, another base model
     # --rebuild STAGE builds that stage and every later one again, the earlier ones not.
-    forced = run(root, changed, until="autoencoder", rebuild="instrument")
+    forced = run(root, TINY, until="base", rebuild="autoencoder")
     assert {name for name, result in forced.results.items() if result.built} == {
-        "instrument",
         "autoencoder",
+        "base-0/base",
     }
 
 
@@ -232,9 +264,13 @@ def test_changed_code_of_a_stage_rebuilds_it(
     edited = tmp_path / source.name
     edited.write_text(source.read_text() + "\n# edited\n")
     monkeypatch.setitem(STAGE_CODE, "measurements", (edited, *others))
+    kept = run(root, TINY, keep_built=True)  # --keep-built: the change is known not to matter
+    assert not any(result.built for result in kept.results.values())
     rerun = run(root, TINY)
-    assert {name for name, result in rerun.results.items() if result.built} == {"measurements"}
-    assert _stamps(rerun)["measurements"] != _stamps(built)["measurements"]
+    rebuilt = {name for name, result in rerun.results.items() if result.built}
+    assert rebuilt == {"base-0/measurements-r0", "base-0/measurements-r1", "report"}
+    key = "base-0/measurements-r0"
+    assert _stamps(rerun)[key] != _stamps(built)[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,24 +282,33 @@ def test_concepts_are_trained_by_pfx_train_from_drawn_images(built: Run) -> None
     """Each novel object: its training images are draw_novel's, and two concept files — keys
     locked (i_s in the file) and keys learned (key targets) — for the base pipeline, trained
     with the world template and no flips, as the stage's settings say."""
-    folder = built.results["concepts"].folder
     pipe = load_base(built)
     settings = TINY.concepts
     layers = pr.pipeline_layout(pipe).layers
-    for novel in NOVEL_OBJECTS.values():
-        drawn = draw_novel(TINY.world, novel, settings.images)
-        files = sorted((folder / novel.name).glob("*.png"))
-        assert np.stack([np.asarray(Image.open(f)) for f in files]).tobytes() == drawn.tobytes()
-        for variant in VARIANTS:
-            concept = pf.load(concept_file(folder, novel, variant))
-            assert (concept.token, concept.superclass) == (token(novel), novel.shape)
-            assert concept.base_fingerprint == pr.pipeline_fingerprint(pipe, layers)
-            assert concept.training["steps"] == settings.steps
-            assert (concept.training["templates"], concept.training["flip"]) == (1, False)
-            assert (concept.key_targets is None) == (variant == "locked")
-            assert (concept.superclass_input is None) == (variant != "locked")
-    reports = built.results["concepts"].summary["concepts"]
-    assert set(reports) == {f"{n}.{v}" for n in NOVEL_OBJECTS for v in VARIANTS}
+    first = {}
+    for replicate in range(TINY.replicates):
+        folder = built.results[f"base-0/concepts-r{replicate}"].folder
+        for novel in NOVEL_OBJECTS.values():
+            drawn = draw_novel(TINY.world, novel, settings.images)
+            files = sorted((folder / novel.name).glob("*.png"))
+            drawings = np.stack([np.asarray(Image.open(f)) for f in files])
+            assert drawings.tobytes() == drawn.tobytes()
+            for variant in VARIANTS:
+                concept = pf.load(concept_file(folder, novel, variant))
+                assert (concept.token, concept.superclass) == (token(novel), novel.shape)
+                assert concept.base_fingerprint == pr.pipeline_fingerprint(pipe, layers)
+                assert concept.training["steps"] == settings.steps
+                assert concept.training["seed"] == replicate
+                assert (concept.training["templates"], concept.training["flip"]) == (1, False)
+                assert (concept.key_targets is None) == (variant == "locked")
+                assert (concept.superclass_input is None) == (variant != "locked")
+                values = np.concatenate([v.ravel() for v in concept.value_targets.values()])
+                if replicate == 0:
+                    first[(novel.name, variant)] = values
+                else:  # another training seed: another concept
+                    assert not np.array_equal(values, first[(novel.name, variant)])
+        reports = built.results[f"base-0/concepts-r{replicate}"].summary["concepts"]
+        assert set(reports) == {f"{n}.{v}" for n in NOVEL_OBJECTS for v in VARIANTS}
 
 
 def test_alignment_prompts_change_one_attribute_of_the_template() -> None:
@@ -283,30 +328,82 @@ def test_alignment_prompts_change_one_attribute_of_the_template() -> None:
     assert changed[3] == world.caption([(star, blue)], black)
 
 
-def test_measurements_write_tables_and_a_figure(built: Run) -> None:
-    result = built.results["measurements"]
-    summary = result.summary
+def test_measurements_keep_one_value_per_image(built: Run) -> None:
+    """Each replicate's summary: per image a similarity or a 0/1; replicates differ in noise."""
+    images = TINY.measure.images
     names = list(NOVEL_OBJECTS)
+    summaries = [built.results[f"base-0/measurements-r{r}"].summary for r in range(2)]
+    assert [s["noise_seed"] for s in summaries] == [0, 1]
+    summary = summaries[0]
     assert list(summary["fidelity"]) == names
     for name in names:
         fidelity = summary["fidelity"][name]
         assert set(fidelity) == {"training_images", "new_drawings", "superclass", *VARIANTS}
-        for row in fidelity.values():
-            assert -1 <= row["similarity"] <= 1
+        for key in ("superclass", *VARIANTS):
+            assert len(fidelity[key]["similarity"]) == images
+            assert all(-1 <= v <= 1 for v in fidelity[key]["similarity"])
+            assert set(fidelity[key]["recognised"]) <= {0.0, 1.0}
         sweep = summary["sweep"][name]
         for variant in VARIANTS:
             assert [p["beta"] for p in sweep[variant]] == list(TINY.measure.betas)
             # the table's row is the sweep's point at the files' inference β
             assert sweep[variant][0]["fidelity"] == fidelity[variant]
-        rates = summary["alignment"][name]["locked"]
-        assert set(rates) == {f"{a}:{v}" for a, v in ALIGNMENT} | {"mean"}
-        assert rates["mean"] == pytest.approx(np.mean([rates[f"{a}:{v}"] for a, v in ALIGNMENT]))
+        aligned = summary["alignment"][name]["locked"]
+        assert set(aligned) == {f"{a}:{v}" for a, v in ALIGNMENT}
+        assert all(len(v) == images and set(v) <= {0.0, 1.0} for v in aligned.values())
     composition = summary["composition"]
     assert set(composition) == {"superclass", *VARIANTS}
     for row in composition.values():
-        assert row["both"] <= min(row["left"], row["right"])
+        assert len(row["both"]) == TINY.measure.composition
+        assert all(
+            b <= min(lf, r) for b, lf, r in zip(row["both"], row["left"], row["right"], strict=True)
+        )
+    # the superclass word under another noise seed: other images (another similarity)
+    first, second = (s["fidelity"][names[0]]["superclass"]["similarity"] for s in summaries)
+    assert first != second
+
+
+def test_the_report_pools_replicates_with_intervals(built: Run) -> None:
+    result = built.results["report"]
+    assert result.summary["cells"] == [[0, 0], [0, 1]]
     tables = (result.folder / "tables.md").read_text()
-    for title in ("**Fidelity**", "**Prompt alignment**", "**β sweep**", "**Composition**"):
+    for title in (
+        "**Base models**",
+        "**Fidelity**",
+        "**Prompt alignment**",
+        "**β sweep**",
+        "**Composition**",
+        "**Claims**",
+    ):
         assert title in tables
+    # every number cell carries its interval: "0.25 [0.05, 0.70]"
+    fidelity = tables.split("**Fidelity**")[1].split("**Prompt alignment**")[0]
+    row = next(line for line in fidelity.splitlines() if "keys locked" in line)
+    assert len(re.findall(r"-?\d\.\d\d \[-?\d\.\d\d, -?\d\.\d\d\]", row)) == 4
+    claims = json.loads((result.folder / "claims.json").read_text())
+    assert claims == result.summary["claims"]
+    for found in claims.values():
+        pooled = found["pooled"]
+        assert pooled["low"] <= pooled["mean"] <= pooled["high"]
+        assert found["verdict"] in {
+            "reproduced",
+            "reversed",
+            "not resolved at this sample size",
+            "consistent with no difference",
+            "differs (higher)",
+            "differs (lower)",
+        }
+        assert found["detectable"] >= 0
+    # the pooled alignment of a row is its images' share, read independently here
+    summaries = [built.results[f"base-0/measurements-r{r}"].summary for r in range(2)]
+    values = [
+        v
+        for s in summaries
+        for change in s["alignment"]["stripy"]["locked"].values()
+        for v in change
+    ]
+    alignment = tables.split("**Prompt alignment**")[1].split("**β sweep**")[0]
+    row = next(line for line in alignment.splitlines() if "stripy: Perfusion, keys locked" in line)
+    assert row.rstrip(" |").split("| ")[-1].startswith(f"{np.mean(values):.2f} [")
     with Image.open(result.folder / "figure.png") as figure:
         assert figure.format == "PNG" and figure.width > 1000
