@@ -64,8 +64,8 @@ __all__ = [
     "solve_gate",
 ]
 
-#: Ridge added to C before solving C u = i*, relative to C's mean diagonal (C from a few hundred
-#: captions has a tail of tiny eigenvalues).
+#: λ of the gate direction's ridge, u = (C + λ·mean(diag C)·I)⁻¹ i* (spec §1): C from a few
+#: hundred captions has a tail of tiny eigenvalues.
 RIDGE = 1e-4
 
 
@@ -155,7 +155,9 @@ def solve_gate(factor: Tensor, target_input: Tensor) -> Tensor:
 
 
 def gate_direction(covariance: Tensor, target_input: Tensor) -> Tensor:
-    """u = C⁻¹ i*, solved in float64 with a small ridge (``RIDGE`` × mean diagonal)."""
+    """The gate direction u = (C + λ·mean(diag C)·I)⁻¹ i*, λ = ``RIDGE`` (10⁻⁴), solved in
+    float64 by Cholesky (spec/concept-format.md §1: the ridge keeps a C estimated from finitely
+    many prompts invertible, and i*ᵀu > 0)."""
     return solve_gate(covariance_factor(covariance), target_input)
 
 
