@@ -186,8 +186,10 @@ class Cluster:
         self.secret = self.settings.get("PFX_SIGNED_URL_SECRET") or self.secret
         self.admin_token = self._run(["admin", "create-token"]).split()[-1]
         self.replica_ports = [free_port() for _ in range(self.replicas)]
+        for index in range(self.replicas):  # all at once, as a deployment would
+            self.start_replica(index, wait=False)
         for index in range(self.replicas):
-            self.start_replica(index)
+            self._wait(f"{self.replica_url(index)}/readyz", f"replica {index}")
         config = self.work / "nginx.conf"
         config.write_text(
             render_nginx(
@@ -265,12 +267,13 @@ class Cluster:
         )
         raise ClusterError(f"{what} did not answer at {url}\n{logs}")
 
-    def start_replica(self, index: int) -> None:
-        """Start replica ``index`` (again) and wait until it is ready."""
+    def start_replica(self, index: int, *, wait: bool = True) -> None:
+        """Start replica ``index`` (again); with ``wait``, until it is ready."""
         port = self.replica_ports[index]
         command = [str(BIN / "pfx-registry"), "serve", "--port", str(port)]
         self._spawn(f"replica-{index}", command)
-        self._wait(f"{self.replica_url(index)}/readyz", f"replica {index}")
+        if wait:
+            self._wait(f"{self.replica_url(index)}/readyz", f"replica {index}")
 
     def kill_replica(self, index: int) -> None:
         """``kill -9`` replica ``index``."""

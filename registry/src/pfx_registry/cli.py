@@ -100,8 +100,8 @@ def _log_access_to_stdout() -> None:
 
 def migrate(arguments: argparse.Namespace) -> int:
     """Bring the index schema up to date."""
-    upgrade(open_registry(_settings(arguments)).engine)
-    print("index schema is up to date")
+    changed = upgrade(open_registry(_settings(arguments)).engine)
+    print("index schema migrated" if changed else "index schema is up to date")
     return 0
 
 
