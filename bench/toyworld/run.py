@@ -162,16 +162,16 @@ _FULL = Profile(
     counts={"train": 20000, "train_pairs": 6000, "held_out": 1000, "held_out_pairs": 500},
     instrument=InstrumentSettings(),
     autoencoder=AutoencoderSettings(),
-    base=BaseSettings(minutes=30.0, max_steps=1500),
+    base=BaseSettings(minutes=30.0, max_steps=1000),
     gate=GateSettings(),
-    concepts=ConceptSettings(steps=250, batch=4, accumulate=1),
+    concepts=ConceptSettings(steps=200, batch=4, accumulate=1),
     measure=MeasureSettings(images=8, betas=(0.4, 0.7, 1.0), composition=8, steps=20),
 )
 
 PROFILES: dict[str, Profile] = {
-    # The benchmark (make toyworld): two base models of 1,500 pretraining steps, three
-    # replicates each, 250 steps of 4 images per concept, 8 images per prompt, cell and
-    # replicate; about 40 minutes on an otherwise idle 2-core CPU.
+    # The benchmark (make toyworld): two base models of 1,000 pretraining steps, three
+    # replicates each, 200 steps of 4 images per concept, 8 images per prompt, cell and
+    # replicate; sized to finish within about 90 minutes on a 2-core CPU shared with other work.
     "full": _FULL,
     # The larger, optional run: the paper's 400 steps of 4 × 4 per concept, 4,500 pretraining
     # steps, five replicates, 20 images per cell and replicate, five β, 30 sampling steps;
@@ -581,9 +581,9 @@ def run(
     keep_built: bool = False,
 ) -> Run:
     """Run (or reuse) every stage up to and including the kind ``until``, building ``rebuild``
-    and the kinds after it again even when cached; returns the run. Per base seed the order is
-    base, gate, then concepts and measurements of replicate 0, 1, …, so that an interrupted run
-    keeps whole replicates."""
+    and the kinds after it again even when cached; returns the run. The order: every base model
+    (and its gate), then replicate 0 (concepts, measurements) of every base model, replicate 1,
+    …, so that an interrupted run holds as many replicates of each base model."""
     names = list(STAGES)
     last = names.index(until)
     forced = frozenset(names[names.index(rebuild) :]) if rebuild else frozenset()
@@ -599,7 +599,8 @@ def run(
         for kind in ("base", "gate"):
             if wanted(kind):
                 STAGES[kind](state, seed)
-        for replicate in range(profile.replicates):
+    for replicate in range(profile.replicates):
+        for seed in profile.base_seeds:
             for kind in ("concepts", "measurements"):
                 if wanted(kind):
                     STAGES[kind](state, seed, replicate)

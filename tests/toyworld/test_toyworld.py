@@ -152,7 +152,8 @@ def _names(seeds: tuple[int, ...], replicates: int) -> list[str]:
     names = ["world", "instrument", "autoencoder"]
     for seed in seeds:
         names += [f"base-{seed}/base", f"base-{seed}/gate"]
-        for r in range(replicates):
+    for r in range(replicates):
+        for seed in seeds:
             names += [f"base-{seed}/concepts-r{r}", f"base-{seed}/measurements-r{r}"]
     return [*names, "report"]
 
