@@ -38,9 +38,10 @@ cluster: install
 demo: install
 	$(PY) demo/demo.py $(DEMO_ARGS)
 
-# The toy world (bench/toyworld): world, instrument, base model, concepts, measurements; cached
-# under .toyworld/ so a second run only re-measures (first run about 45 minutes on 2 CPUs).
-toyworld: install  # TOYWORLD_ARGS="--profile large", "--replicates 5 --base-seeds 0,1,2"
+# The toy world (bench/toyworld): world, instrument, base models, concepts, measurements with
+# replicates and intervals; every stage cached under .toyworld/, so a second run builds only
+# what is new. TOYWORLD_ARGS="--profile large" (hours), "--replicates 5 --base-seeds 0,1,2".
+toyworld: install
 	$(PY) -m bench.toyworld.run $(TOYWORLD_ARGS)
 
 lint: install
