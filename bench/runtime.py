@@ -435,12 +435,14 @@ def set_processors(pipe: Any, processors: dict[str, Any]) -> None:
         pipe.unet.get_submodule(path).set_processor(processor)
 
 
-def unet_step(pipe: Any, concepts: list[pf.Concept], rounds: int) -> dict[str, Any]:
+def unet_step(
+    pipe: Any, concepts: list[pf.Concept], rounds: int, only: Sequence[str] | None = None
+) -> dict[str, Any]:
     """UNet forward (batch 2, 64×64 latents, 77 tokens) with 0/1/4/16 concepts (the processors
     ``pr.apply`` installs, swapped in, K/V cached from the previous round as at every step after a
     generation's first), one concept recomputing its K/V, and an unfused rank-4 LoRA (loaded and
-    unloaded around its forward); round-robin, ratio to none per round, median; a first round
-    warms up and is dropped."""
+    unloaded around its forward) — or ``only`` those configurations (``none`` is always run);
+    round-robin, ratio to none per round, median; a first round warms up and is dropped."""
     generator = torch.Generator().manual_seed(3)
     where = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
     latents = torch.randn(BATCH, 4, LATENT_SIDE, LATENT_SIDE, generator=generator).to(**where)
@@ -461,6 +463,8 @@ def unet_step(pipe: Any, concepts: list[pf.Concept], rounds: int) -> dict[str, A
         lambda: pipe.load_lora_weights(dict(lora), adapter_name="bench"),
         lambda _: pipe.unload_lora_weights(),
     )
+    if only is not None:
+        configs = {name: configs[name] for name in ("none", *only) if name in configs}
     samples: dict[str, list[float]] = {name: [] for name in configs}
     try:
         for index in range(rounds + 1):
@@ -495,6 +499,7 @@ def _ratios(samples: dict[str, list[float]], rounds: int) -> dict[str, Any]:
             "q75": high,
             "min": min(ratios),
             "max": max(ratios),
+            "below_one": sum(ratio < 1.0 for ratio in ratios),
         }
     return {"rounds": rounds, "rows": rows}
 
@@ -659,6 +664,50 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+STEP_NAMES = {
+    "none": "none",
+    "1": "1 concept (K/V cached: steps 2…N of a generation)",
+    "1-recompute": "1 concept, K/V recomputed (`kv_cache=False`; a generation's first step)",
+    "4": "4 concepts (cached)",
+    "16": "16 concepts (cached)",
+    "lora": f"LoRA rank {LORA_RANK}, all attention projections, unfused",
+}
+
+
+def step_table(results: dict[str, Any], key: str) -> None:
+    """Print the per-step table of ``results[key]`` (``unet`` or ``micro``)."""
+    title = {
+        "unet": f"UNet forward per step (batch {BATCH}, {LATENT_SIDE}×{LATENT_SIDE} latents,"
+        f" {MODEL_MAX_LENGTH} tokens, {results['dtype']}, {results['device']}, no_grad)",
+        "micro": "The 16 attn2 modules alone (SD 1.5 hidden states per resolution, batch"
+        f" {BATCH}, encoder states [{BATCH}, {MODEL_MAX_LENGTH}, {TEXT_DIM}]), summed",
+    }[key]
+    table = results[key]
+    print_table(
+        f"{title}: {table['rounds']} round-robin rounds",
+        (
+            "applied",
+            "median ms",
+            "× none (median of per-round ratios)",
+            "quartiles",
+            "min – max",
+            "rounds < 1.00",
+        ),
+        [
+            (
+                STEP_NAMES[name],
+                f"{r['ms']:,.1f}",
+                f"{r['ratio']:.4f}",
+                f"{r['q25']:.4f} – {r['q75']:.4f}",
+                f"{r['min']:.4f} – {r['max']:.4f}",
+                f"{r['below_one']} of {table['rounds']}",
+            )
+            for name, r in table["rows"].items()
+        ],
+        left=1,
+    )
+
+
 def report(results: dict[str, Any]) -> None:
     """Print the markdown tables."""
     print(f"`{results['command']}`\n")
@@ -735,48 +784,8 @@ def report(results: dict[str, Any]) -> None:
         " torch."
     )
 
-    names = {
-        "none": "none",
-        "1": "1 concept (K/V cached: steps 2…N of a generation)",
-        "1-recompute": "1 concept, K/V recomputed (`kv_cache=False`; a generation's first step)",
-        "4": "4 concepts (cached)",
-        "16": "16 concepts (cached)",
-    }
-    names["lora"] = f"LoRA rank {LORA_RANK}, all attention projections, unfused"
-    for key, title in (
-        (
-            "unet",
-            f"UNet forward per step (batch {BATCH}, {LATENT_SIDE}×{LATENT_SIDE} latents,"
-            f" {MODEL_MAX_LENGTH} tokens, {results['dtype']}, {results['device']}, no_grad)",
-        ),
-        (
-            "micro",
-            "The 16 attn2 modules alone (SD 1.5 hidden states per resolution, batch"
-            f" {BATCH}, encoder states [{BATCH}, {MODEL_MAX_LENGTH}, {TEXT_DIM}]), summed",
-        ),
-    ):
-        t2 = results[key]
-        print_table(
-            f"{title}: {t2['rounds']} round-robin rounds",
-            (
-                "applied",
-                "median ms",
-                "× none (median of per-round ratios)",
-                "quartiles",
-                "min – max",
-            ),
-            [
-                (
-                    names[name],
-                    f"{r['ms']:,.1f}",
-                    f"{r['ratio']:.4f}",
-                    f"{r['q25']:.4f} – {r['q75']:.4f}",
-                    f"{r['min']:.4f} – {r['max']:.4f}",
-                )
-                for name, r in t2["rows"].items()
-            ],
-            left=1,
-        )
+    step_table(results, "unet")
+    step_table(results, "micro")
     print(
         "\nWhole-UNet ratios move by a few percent from round to round on a shared machine (see"
         " the quartiles): they cannot resolve differences below ~3 %. The attn2"
@@ -856,6 +865,12 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="where the pipeline runs (cpu, cuda)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="its weights")
+    parser.add_argument(
+        "--unet-only",
+        type=int,
+        metavar="ROUNDS",
+        help="only the whole-UNet step: none, 1 concept cached and recomputed, ROUNDS rounds",
+    )
     args = parser.parse_args()
     diffusers.utils.logging.set_verbosity_error()  # "no LoRA keys for the text encoder" etc.
     transformers.logging.set_verbosity_error()  # the mean-resizing notice of textual inversion
@@ -884,6 +899,13 @@ def main() -> None:
         "device": args.device,
         "dtype": args.dtype,
     }
+    if args.unet_only:
+        only = ("1", "1-recompute")
+        results["unet"] = unet_step(pipe, concepts, args.unet_only, only)
+        print(f"`{results['command']}`\n\n{machine_line(results['machine'])}")
+        step_table(results, "unet")
+        print(f"\nTotal run time {time.perf_counter() - start:.0f} s.")
+        return
     results["apply"] = apply_remove(pipe, concepts, rounds["apply"])
     results["memory"] = memory(pipe, concepts, concepts_f32)
     results["micro"] = attn2_micro(pipe, concepts, rounds["micro"], repeats=2)
