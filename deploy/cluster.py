@@ -133,6 +133,8 @@ class Cluster:
     database_url: str | None = None
     #: quiet: replica and moto output go to log files only
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pfx-cluster-")))
+    #: nginx worker processes
+    nginx_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     admin_token: str = ""
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     replica_ports: list[int] = field(default_factory=list)
@@ -198,7 +200,7 @@ class Cluster:
                 work=self.work,
                 secret=self.secret,
                 store_location=location,
-                workers=max(1, min(4, os.cpu_count() or 1)),
+                workers=self.nginx_workers,
             )
         )
         self._spawn("nginx", [nginx, "-p", str(self.work), "-c", str(config), "-g", "daemon off;"])
