@@ -351,10 +351,10 @@ def fault_tables(cluster: Cluster, seconds: float) -> None:
     ]
     progress("fault run: kill -9 one replica under 64 connections")
     asyncio.run(drive(cluster.url, token, seconds, 64, kill_tally, events))
-    rejoined = sum(
-        f"upstream=127.0.0.1:{cluster.replica_ports[0]}" in line
-        for line in (cluster.work / "log" / "access.log").read_text().splitlines()[-2000:]
-    )
+    logged = (cluster.work / "log" / "access.log").read_text().splitlines()
+    rejoined = sum(f"upstream=127.0.0.1:{cluster.replica_ports[0]}" in x for x in logged[-2000:])
+    # a request nginx passed on to another replica logs both addresses: "upstream=a, b"
+    nginx_retried = sum("upstream=" in x and ", " in x.split("upstream=")[1] for x in logged)
     pushed, broken = consistency(cluster, kill_tally)
 
     pg_tally = Tally()
@@ -398,7 +398,8 @@ def fault_tables(cluster: Cluster, seconds: float) -> None:
         left=1,
     )
     print(
-        f"\nAfter the kill: {pushed} acknowledged pushes, {broken} of them not served whole; "
+        f"\nDuring the kill run nginx passed {nginx_retried} requests on to the other replica. "
+        f"After it: {pushed} acknowledged pushes, {broken} of them not served whole; "
         f"the restarted replica answered {rejoined} of nginx's last 2,000 logged requests. "
         f"After PostgreSQL came back (pg_ctl start returned): the first push succeeded "
         f"{recovery:.1f} s later, without restarting anything."
