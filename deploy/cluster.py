@@ -331,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal stop
         stop = True
 
+    # Ctrl-C (SIGINT) and SIGTERM both stop the cluster; set here explicitly, since a shell
+    # that starts this in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         with cluster:
             print(f"pfx cluster on {cluster.url}  (nginx → {arguments.replicas} replicas)")
