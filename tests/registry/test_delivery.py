@@ -49,6 +49,8 @@ def test_public_blob_carries_validators_and_answers_304_and_ranges(world: World)
     beyond = world.client.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert beyond.status_code == 416 and beyond.json()["error"]["code"] == "RANGE_NOT_SATISFIABLE"
     assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+    backwards = world.client.get(url, headers={"Range": "bytes=9-3"})
+    assert backwards.status_code == 200 and backwards.content == data
     other_bytes = world.client.get(url, headers={"Range": "bytes=0-3", "If-Range": '"old"'})
     assert other_bytes.status_code == 200 and other_bytes.content == data
 

@@ -88,10 +88,11 @@ def byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | None
             raise _unsatisfiable(size)
         return max(0, size - int(last)), size - 1
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
+    if last and int(last) < start:
+        return None  # an invalid range-spec: ignored (RFC 9110 §14.1.1)
+    if start >= size:
         raise _unsatisfiable(size)
-    return start, end
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _unsatisfiable(size: int) -> ApiError:
