@@ -7,13 +7,14 @@ may move, so a file named by tag is ``no-cache``: reused after a 304), ``Accept-
 and answers ``If-None-Match`` with 304 and a single ``Range`` with 206 — after the caller has been
 authorized, never before. Then, in this order (spec/registry-api.md §4.1):
 
-1. a public blob named by digest is sent whole, with ``X-Accel-Expires`` so that a front server's
+1. with S3 and ``PFX_S3_REDIRECT`` (CDN setups): ``307`` to a presigned URL (one signature
+   reused for half its lifetime);
+2. a public blob named by digest is sent whole, with ``X-Accel-Expires`` so that a front server's
    cache (the nginx template's ``proxy_cache``) keeps it for ``PFX_EDGE_CACHE_SECONDS``;
-2. with ``PFX_SIGNED_URL_SECRET``: ``307`` to a signed URL the front server checks by itself
+3. with ``PFX_SIGNED_URL_SECRET``: ``307`` to a signed URL the front server checks by itself
    (:mod:`pfx_registry.signing`);
-3. with ``PFX_ACCEL_REDIRECT``: an empty answer with ``X-Accel-Redirect`` to the front server's
+4. with ``PFX_ACCEL_REDIRECT``: an empty answer with ``X-Accel-Redirect`` to the front server's
    internal location onto the store (for S3, with a reused presigned query);
-4. with S3 and ``PFX_S3_REDIRECT``: ``307`` to a presigned URL (reused for half its lifetime);
 5. otherwise the bytes.
 """
 
@@ -130,6 +131,12 @@ async def send_blob(request: Request, registry: Registry, download: Download) ->
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     settings = registry.settings
+    if settings.s3_redirect:
+        url = await run_in_threadpool(
+            registry.blobs.presigned_url, download.digest, settings.presign_seconds
+        )
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
     if download.public and download.immutable:
         headers["X-Accel-Expires"] = str(settings.edge_cache_seconds)
         return await _bytes_answer(request, registry, download, headers)
@@ -148,12 +155,6 @@ async def send_blob(request: Request, registry: Registry, download: Download) ->
         headers["X-Accel-Redirect"] = settings.accel_redirect + key + (f"?{query}" if query else "")
         del headers["Accept-Ranges"]  # the front server says it (it answers the ranges)
         return Response(media_type=download.media_type, headers=headers)
-    if settings.s3_redirect:
-        url = await run_in_threadpool(
-            registry.blobs.presigned_url, download.digest, settings.presign_seconds
-        )
-        if url is not None:
-            return RedirectResponse(url, status_code=307)
     return await _bytes_answer(request, registry, download, headers)
 
 
