@@ -216,6 +216,40 @@ def download_tables(cluster: Cluster, seconds: float, work: Path) -> None:
     )
 
 
+def signing_table(rounds: int = 2000) -> None:
+    """Table 0: what one download's URL costs to sign — boto3's presign, the S3 store's reused
+    presign, and a secure_link URL (no network: signing is local)."""
+    import os
+
+    from deploy.cluster import AWS_LOCAL
+    from pfx_registry import signing
+    from pfx_registry.blobs import S3BlobStore
+
+    os.environ.update(AWS_LOCAL)
+    store = S3BlobStore("bench", endpoint_url="http://127.0.0.1:9")
+    digest = "sha256:" + "ab" * 32
+    params = {"Bucket": "bench", "Key": store.key(digest)}
+    ways = {
+        "boto3 generate_presigned_url": lambda: store._client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=300
+        ),
+        "S3 store presigned_url (reused for half its lifetime)": lambda: store.presigned_url(
+            digest, 300
+        ),
+        "secure_link URL (signing.signed_url)": lambda: signing.signed_url(
+            store.key(digest), "x" * 32, 60
+        ),
+    }
+    rows = []
+    for label, sign in ways.items():
+        sign()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            sign()
+        rows.append((label, fmt((time.perf_counter() - start) / rounds * 1e6, 1)))
+    print_table(f"Signing one download URL (µs per call, {rounds:,} calls)", ["way", "µs"], rows, 1)
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 
@@ -413,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("folder", "s3"), default="folder")
     parser.add_argument("--fault-seconds", type=float, default=20.0)
     parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--signing-only", action="store_true", help="only the signing table")
     arguments = parser.parse_args(argv)
+    if arguments.signing_only:
+        signing_table()
+        return 0
     missing = [tool for tool in ("wrk",) if shutil.which(tool) is None]
     if nginx_binary() is None:
         missing.append("nginx")
@@ -434,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             )
+            signing_table()
             download_tables(cluster, arguments.seconds, work)
             if not arguments.skip_faults:
                 fault_tables(cluster, arguments.fault_seconds)
