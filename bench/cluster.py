@@ -115,6 +115,8 @@ http {{
                 return process, url
         except httpx.TransportError:
             time.sleep(0.05)
+    process.terminate()
+    process.wait()
     raise RuntimeError("the static nginx did not start")
 
 
