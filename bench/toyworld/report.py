@@ -372,7 +372,7 @@ def _tables(
             found["pooled"]["cell"],
             found["verdict"],
             "yes" if found["every_seed"] else "no",
-            f"±{found['detectable']:.2f}",
+            f"±{found['detectable']:.2f}" if found["detectable"] > 0 else "— (no variation)",
         ]
         if len(seeds) > 1:
             row.append("yes" if found["second_inside_first"] else "no")
