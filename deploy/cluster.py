@@ -120,6 +120,16 @@ def s3_store_location(endpoint: str, bucket: str) -> str:
     )
 
 
+def _output(command: list[str], failure: str, environment: dict[str, str] | None = None) -> str:
+    """``command``'s stdout; ClusterError(``failure`` and the end of its stderr) if it fails."""
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"{failure}: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
 @dataclass
 class Cluster:
     """The processes of a local cluster (see the module docstring); a context manager."""
@@ -207,16 +217,8 @@ class Cluster:
         self._wait(f"{self.url}/readyz", "nginx")
 
     def _start_postgres(self) -> str:
-        result = subprocess.run(
-            [str(POSTGRES_SCRIPT), "start", str(self.work / "postgres")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"PostgreSQL did not start: {result.stderr.strip()[-500:]}")
-        return result.stdout.strip().splitlines()[-1]
+        command = [str(POSTGRES_SCRIPT), "start", str(self.work / "postgres")]
+        return _output(command, "PostgreSQL did not start").strip().splitlines()[-1]
 
     def _start_s3(self) -> str:
         port = free_port()
@@ -231,17 +233,8 @@ class Cluster:
         return endpoint
 
     def _run(self, arguments: list[str]) -> str:
-        result = subprocess.run(
-            [str(BIN / "pfx-registry"), *arguments],
-            env=self._environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"pfx-registry {arguments[0]} failed: {result.stderr.strip()}")
-        return result.stdout
+        command = [str(BIN / "pfx-registry"), *arguments]
+        return _output(command, f"pfx-registry {arguments[0]} failed", self._environment)
 
     def _spawn(
         self, name: str, command: list[str], environment: dict[str, str] | None = None
@@ -345,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
             print("Ctrl-C stops everything.", flush=True)
             while not stop:
                 time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     except ClusterError as error:
         print(f"make cluster: error: {error}", file=sys.stderr)
         return 1

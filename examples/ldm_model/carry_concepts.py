@@ -35,7 +35,12 @@ def base_fingerprint(model: nn.Module, concept: pf.Concept, layers_per_block: in
     signs: list[tuple[str, np.ndarray]] = []
     for name in pf.fingerprint_names(concept.layers):
         layer, projection, _ = name.rsplit(".", 2)
-        module = model.get_submodule(pr.diffusers_to_ldm(layer, layers_per_block) or layer)
+        ldm = pr.diffusers_to_ldm(layer, layers_per_block)
+        if ldm is None:
+            raise pr.PerfusionRuntimeError(
+                pr.RuntimeErrorCode.LAYER_MISMATCH, f"the layer {layer} has no LDM name"
+            )
+        module = model.get_submodule(ldm)
         weight = getattr(module, projection).weight.detach()
         signs.append((name, weight.signbit().cpu().numpy()))
     return pf.base_fingerprint(signs)

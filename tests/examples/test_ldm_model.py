@@ -84,47 +84,39 @@ def tool_encodings(world: dict[str, Any], table: torch.nn.Embedding, ids: dict[s
         return encoder(torch.tensor([body]))[0]
 
 
-def run_layers(module_at: Any, positions: dict[str, str], encodings: torch.Tensor) -> dict:
-    """Each transformer's output on a fixed random feature map."""
+def positions_of(pipe: Any) -> dict[str, str]:
+    """diffusers transformer path → LDM position, for every layer of the pipeline."""
+    positions = {}
+    for path, _ in pr.pipeline_layout(pipe).layers:
+        ldm = pr.diffusers_to_ldm(path)
+        assert ldm is not None
+        positions[path.split(".transformer_blocks.")[0]] = ldm.split(".transformer_blocks.")[0]
+    return positions
+
+
+def run_layers(pipe: Any, run: Any, encodings: torch.Tensor) -> dict:
+    """Each transformer's output on a fixed random feature map: ``run(diffusers path, LDM
+    position, features, encodings)``, by diffusers path."""
     outputs = {}
-    for diffusers_path, position in positions.items():
-        transformer = module_at(diffusers_path, position)
-        channels = transformer.norm.num_channels
-        generator = torch.Generator().manual_seed(len(outputs))
+    for index, (path, position) in enumerate(positions_of(pipe).items()):
+        channels = pipe.unet.get_submodule(path).norm.num_channels
+        generator = torch.Generator().manual_seed(index)
         features = torch.randn(encodings.shape[0], channels, 4, 4, generator=generator)
         with torch.no_grad():
-            outputs[diffusers_path] = transformer(features, encodings)
+            outputs[path] = run(path, position, features, encodings)
     return outputs
 
 
-def positions_of(pipe: Any) -> dict[str, str]:
-    """diffusers transformer path → LDM position, for every layer of the pipeline."""
-    return {
-        path.split(".transformer_blocks.")[0]: pr.diffusers_to_ldm(path).split(  # type: ignore[union-attr]
-            ".transformer_blocks."
-        )[0]
-        for path, _ in pr.pipeline_layout(pipe).layers
-    }
-
-
 def diffusers_layers(pipe: Any, encodings: torch.Tensor) -> dict:
-    def module_at(path: str, _position: str) -> Any:
-        transformer = pipe.unet.get_submodule(path)
-        return lambda x, e: transformer(x, encoder_hidden_states=e).sample
+    def run(path: str, _position: str, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return pipe.unet.get_submodule(path)(x, encoder_hidden_states=e).sample
 
-    def with_norm(path: str, position: str) -> Any:
-        runner = module_at(path, position)
-        runner.norm = pipe.unet.get_submodule(path).norm  # type: ignore[attr-defined]
-        return runner
-
-    return run_layers(with_norm, positions_of(pipe), encodings)
+    return run_layers(pipe, run, encodings)
 
 
 def ldm_layers(world: dict[str, Any], encodings: torch.Tensor) -> dict:
     model = world["model"]
-    return run_layers(
-        lambda _p, position: model.get_submodule(position), positions_of(world["pipe"]), encodings
-    )
+    return run_layers(world["pipe"], lambda _path, position, x, e: model(position, x, e), encodings)
 
 
 def assert_close(got: dict, expected: dict) -> None:

@@ -104,7 +104,8 @@ def test_build_edits_names_layers_either_way_and_keeps_the_concepts_order(world)
     # the LDM-named edit of a layer is the same edit as the diffusers-named one
     torch.manual_seed(0)
     encodings = torch.randn(1, 5, edits.concepts.text_dim)
-    projection = torch.nn.Linear(edits.concepts.text_dim, first._targets.master["values"].shape[1])
+    width = pr.pipeline_layout(pipe).layers[0][1]
+    projection = torch.nn.Linear(edits.concepts.text_dim, width)
     twin = ldm.layers[pr.diffusers_to_ldm(layers[0])]
     with torch.no_grad():
         torch.testing.assert_close(
