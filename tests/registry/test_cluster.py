@@ -150,6 +150,45 @@ def deploy_signed(key: str, secret: str, now: float) -> str:
 
 
 @needs_nginx
+def test_anonymous_public_resolves_are_answered_by_nginx_and_nothing_else_is(
+    cluster: Any,
+) -> None:
+    public, _data = _push(cluster.url, cluster.admin_token, private=False)
+    private, _data = _push(cluster.url, cluster.admin_token, private=True)
+    auth = _auth(cluster.admin_token)
+    url = f"{cluster.url}/v1/concepts/admin/{public}/versions/1"
+    assert _eventually(lambda: httpx.get(url).headers["x-cache-status"] == "HIT")
+    cached = httpx.get(url)
+    assert cached.status_code == 200 and cached.json()["reference"] == f"admin/{public}:1"
+    assert "x-accel-expires" not in cached.headers  # for nginx, not for clients
+    # with credentials the registry always answers: a bad token is refused, not served the copy
+    bad = httpx.get(url, headers=_auth("pfx_" + "0" * 40))
+    assert bad.status_code == 401 and bad.headers["x-cache-status"] == "BYPASS"
+    assert httpx.get(url, headers=auth).headers["x-cache-status"] == "BYPASS"
+    # a private concept: the insider's answer is never kept, the outsider gets 404 every time
+    hidden = f"{cluster.url}/v1/concepts/admin/{private}/versions/1"
+    for _ in range(3):
+        assert httpx.get(hidden, headers=auth).status_code == 200
+        outsider = httpx.get(hidden)
+        assert outsider.status_code == 404, outsider.text
+        assert outsider.headers["x-cache-status"] != "HIT"
+    # a moved tag is seen through the edge cache within its bound (edge 1 s + read cache 1 s)
+    tag = f"{cluster.url}/v1/concepts/admin/{public}/versions/latest"
+    assert _eventually(lambda: httpx.get(tag).headers["x-cache-status"] == "HIT")
+    assert httpx.get(tag).json()["version"] == "1"
+    from concept_factory import build_concept
+
+    data = pf.dumps(build_concept(seed=uuid.uuid4().int % 10_000))
+    digest = pf.content_digest(data)
+    assert httpx.put(f"{cluster.url}/v1/blobs/{digest}", content=data, headers=auth).is_success
+    second = f"{cluster.url}/v1/concepts/admin/{public}/versions/2"
+    pushed = httpx.put(second, json={"digest": digest, "private": False}, headers=auth)
+    assert pushed.status_code == 201, pushed.text  # moves "latest" to 2
+    assert _eventually(lambda: httpx.get(tag).json()["version"] == "2")
+    assert httpx.get(tag).json()["digest"] == digest
+
+
+@needs_nginx
 def test_a_push_through_one_replica_is_seen_through_the_other(cluster: Any) -> None:
     first, second = cluster.replica_url(0), cluster.replica_url(1)
     name = f"c-{uuid.uuid4().hex[:8]}"

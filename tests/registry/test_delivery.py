@@ -76,6 +76,26 @@ def test_private_file_is_private_and_a_304_is_no_download(world: World) -> None:
     assert counted["downloads"] == 2  # the 304 is not counted
 
 
+def test_only_public_resolves_are_marked_for_the_edge_cache(world: World) -> None:
+    alice = world.user("alice")
+    world.push(alice, "alice/open:1", concept_bytes(72), private=False)
+    world.push(alice, "alice/closed:1", concept_bytes(73))
+    public = world.client.get("/v1/concepts/alice/open/versions/1")
+    assert public.status_code == 200 and public.headers["x-accel-expires"] == "1"
+    assert "cache-control" not in public.headers  # clients ask again; the edge keeps it 1 s
+    insider = world.client.get("/v1/concepts/alice/closed/versions/1", headers=world.auth(alice))
+    assert insider.status_code == 200 and "x-accel-expires" not in insider.headers
+    assert insider.headers["cache-control"] == "private, no-cache"
+    outsider = world.client.get("/v1/concepts/alice/closed/versions/1")
+    assert outsider.status_code == 404 and "x-accel-expires" not in outsider.headers
+    missing = world.client.get("/v1/concepts/alice/open/versions/9")
+    assert missing.status_code == 404 and "x-accel-expires" not in missing.headers
+    _settings(world, edge_resolve_seconds=0)
+    off = world.client.get("/v1/concepts/alice/open/versions/1")
+    assert "x-accel-expires" not in off.headers
+    assert off.headers["cache-control"] == "private, no-cache"
+
+
 def test_private_downloads_redirect_to_a_signed_url_that_expires(world: World) -> None:
     alice = world.user("alice")
     data = concept_bytes(72)

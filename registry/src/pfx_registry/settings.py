@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     #: clients may keep it for a year (it never changes), the front server re-asks this often so
     #: that a concept made private stops being served from its cache within this bound.
     edge_cache_seconds: int = Field(default=300, ge=0, le=365 * 24 * 3600)
+    #: Seconds a front server's cache may keep a public resolve answered to a caller without
+    #: credentials (``X-Accel-Expires``); a tag moved, a version yanked or a concept made private
+    #: is seen through it within this bound plus ``read_cache_seconds``. 0: never kept.
+    edge_resolve_seconds: int = Field(default=1, ge=0, le=3600)
     #: Largest concept file accepted (bytes).
     max_concept_bytes: int = Field(default=pf.MAX_FILE_SIZE, ge=1, le=pf.MAX_FILE_SIZE)
     #: Largest preview image accepted (bytes).

@@ -78,10 +78,20 @@ async def resolved_version(
     responses={200: {"model": VersionBody}},
 )
 async def get_version(request: Request, ns: str, name: str, reference: str) -> Response:
-    """Resolve a tag, version or ``sha256:`` digest to the version it names."""
+    """Resolve a tag, version or ``sha256:`` digest to the version it names.
+
+    A public answer carries ``X-Accel-Expires: PFX_EDGE_RESOLVE_SECONDS``: the nginx template
+    keeps it that long for requests without credentials, so that anonymous resolves of public
+    concepts are answered at the edge (spec/registry-api.md §4.1). Every other answer is
+    ``Cache-Control: private, no-cache`` and never stored by a shared cache."""
     registry, caller = await registry_and_caller(request)
     resolved = await resolved_version(registry, caller, ns, name, reference)
-    return Response(resolved.body, media_type="application/json")
+    edge_seconds = registry.settings.edge_resolve_seconds
+    if resolved.public and edge_seconds:
+        headers = {"X-Accel-Expires": str(edge_seconds)}
+    else:
+        headers = {"Cache-Control": "private, no-cache"}
+    return Response(resolved.body, media_type="application/json", headers=headers)
 
 
 @router.get(
