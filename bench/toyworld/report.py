@@ -127,6 +127,21 @@ def _verdict(estimate: Estimate, expected: int) -> str:
     return "not resolved at this sample size"
 
 
+def _conclusion(found: dict[str, Any]) -> str:
+    """What the README may say about a claim: a definite pooled verdict that every held-out
+    base model lands inside (``holds``), one that some does not (``did not replicate``), a
+    definite verdict with no held-out base model to check it (``not checked``), or none
+    (``not resolved``)."""
+    if found["verdict"] == "not resolved at this sample size":
+        return "not resolved"
+    replication = found.get("replication")
+    if not replication:
+        return f"{found['verdict']}, not checked on a held-out base model"
+    if all(entry["inside"] for entry in replication.values()):
+        return f"{found['verdict']}, holds on the held-out base model"
+    return f"{found['verdict']} — did not replicate"
+
+
 def _claims(novels: Sequence[str], beta: float, betas: Sequence[float]) -> list[Claim]:
     """The paper's claims, as measured here."""
     claims: list[Claim] = []
@@ -215,14 +230,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _gate_table(gates: dict[int, dict[str, Any]]) -> str:
+def _gate_table(gates: dict[int, dict[str, Any]], pooled: Sequence[int]) -> str:
     header = ["base seed", "pretraining steps", "final loss"]
     header += [f"{objects}: {w}" for objects in ("single", "pairs") for w in ("shape", "colour")]
     header += ["background"]
     rows = []
     for seed, gate in sorted(gates.items()):
         rates, counted = gate["held_out_read_rate"], gate["objects_read"]
-        row = [str(seed), str(gate.get("steps", "")), f"{gate.get('final_loss', float('nan')):.3f}"]
+        label = str(seed) if seed in pooled else f"{seed} (held out)"
+        row = [label, str(gate.get("steps", "")), f"{gate.get('final_loss', float('nan')):.3f}"]
         for objects in ("single", "pairs"):
             for what in ("shape", "colour"):
                 n = counted[objects]
@@ -254,7 +270,7 @@ def _tables(
     ]
     parts.append(
         "**Base models** (quality gate: the instrument reads the attribute a held-out caption "
-        "asked for; chance 0.17 shape and colour, 0.33 background)\n\n" + _gate_table(gates)
+        "asked for; chance 0.17 shape and colour, 0.33 background)\n\n" + _gate_table(gates, seeds)
     )
 
     header = [""]
@@ -364,6 +380,10 @@ def _tables(
     header += ["pooled", "verdict (pooled)", "holds for every base model", "detectable"]
     if len(seeds) > 1:
         header.append(f"seed {seeds[1]} inside seed {seeds[0]}'s interval")
+    held_out = sorted(claims[0][1].get("replication", {}), key=int) if claims else []
+    for s in held_out:
+        header += [f"held-out base seed {s}", "inside the pooled interval"]
+    header.append("conclusion")
     rows = []
     for claim, found in claims:
         row = [claim.name, claim.measure]
@@ -376,11 +396,17 @@ def _tables(
         ]
         if len(seeds) > 1:
             row.append("yes" if found["second_inside_first"] else "no")
+        for s in held_out:
+            entry = found["replication"][s]
+            row += [entry["cell"], "yes" if entry["inside"] else "**no**"]
+        row.append(found["conclusion"])
         rows.append(row)
     parts.append(
         "**Claims** (difference per image, paired; *reproduced* where the interval excludes "
         "zero in the paper's direction; *detectable*: the smallest true difference this run "
-        "would find with 80 % power at the 5 % level)\n\n" + _table(header, rows)
+        "would find with 80 % power at the 5 % level; a held-out base model is measured the same "
+        "way but left out of the pooled interval, and its estimate must land inside it)\n\n"
+        + _table(header, rows)
     )
     return "\n\n".join(parts) + "\n"
 
@@ -522,11 +548,15 @@ def report(
     shown: dict[str, np.ndarray],
     folder: Path,
     resamples: int = 2000,
+    replication: dict[Cell, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``figure.png`` and ``claims.json`` to ``folder`` from stage 5's
     summaries ``measured[(base seed, replicate)]`` and the gates' summaries ``gates[base
-    seed]``; returns the claims (JSON-ready)."""
+    seed]``; returns the claims (JSON-ready). The cells of ``replication`` (base models held
+    out) are not pooled: each claim's estimate on each of their base seeds is checked against
+    the pooled interval."""
     pool = Pool(measured, resamples)
+    held_out = Pool(replication, resamples) if replication else None
     first = measured[sorted(measured)[0]]
     novels = list(first["fidelity"])
     beta, tau = first["inference_gate"]
@@ -553,6 +583,13 @@ def report(
         if len(pool.seeds) > 1:
             one, two = per_seed[pool.seeds[0]], per_seed[pool.seeds[1]]
             found["second_inside_first"] = one.low <= two.mean <= one.high
+        if held_out is not None:
+            again = {s: held_out.difference(claim.first, claim.second, s) for s in held_out.seeds}
+            found["replication"] = {
+                str(s): {**_entry(e), "inside": pooled.low <= e.mean <= pooled.high}
+                for s, e in again.items()
+            }
+        found["conclusion"] = _conclusion(found)
         evaluated.append((claim, found))
     (folder / "tables.md").write_text(_tables(pool, novels, gates, evaluated, (beta, tau), betas))
     _figure(pool, novels, evaluated, shown, (beta, tau), betas, folder / "figure.png")

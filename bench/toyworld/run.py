@@ -4,7 +4,8 @@ folder, with replicates and several base models.
     python -m bench.toyworld.run [--cache .toyworld] [--profile full|large|quick|tiny]
                                  [--until STAGE]
                                  [--rebuild STAGE] [--keep-built] [--threads N]
-                                 [--replicates N] [--base-seeds 0,1] [--base-minutes M]
+                                 [--replicates N] [--base-seeds 0,1] [--replication-seeds 2]
+                                 [--base-minutes M]
                                  [--base-steps N]
 
 Stages, in order (each reads the ones before it; see toyworld/cache.py for the folder layout):
@@ -154,6 +155,9 @@ class Profile:
     """Concepts trained (and measured) per novel object, variant and base model: seeds 0…N−1."""
     base_seeds: tuple[int, ...] = (0, 1)
     """The base models: one pretraining seed each."""
+    replication_seeds: tuple[int, ...] = ()
+    """Base models held out of the pooled intervals: each claim is measured on them the same
+    way and checked against the interval the ``base_seeds`` give (a replication)."""
     resamples: int = 2000
     """Bootstrap resamples per interval."""
 
@@ -543,11 +547,21 @@ def measurements_stage(run: Run, seed: int, replicate: int) -> StageResult:
 def report_stage(run: Run) -> StageResult:
     """Stage 6: every replicate of every base model pooled, with intervals: ``tables.md``,
     ``figure.png`` and the claims (toyworld/report.py); the summary holds the claims."""
-    seeds, replicates = run.profile.base_seeds, range(run.profile.replicates)
-    cells = [(s, r) for s in seeds for r in replicates]
+    profile = run.profile
+    seeds = profile.base_seeds + profile.replication_seeds
+    cells = [(s, r) for s in seeds for r in range(profile.replicates)]
 
     def make(folder: Path) -> dict[str, Any]:
-        measured = {(s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary for s, r in cells}
+        measured = {
+            (s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary
+            for s, r in cells
+            if s in profile.base_seeds
+        }
+        replication = {
+            (s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary
+            for s, r in cells
+            if s in profile.replication_seeds
+        }
         gates = {
             s: {
                 **run.results[f"{_base(s)}/base"].summary,
@@ -558,12 +572,15 @@ def report_stage(run: Run) -> StageResult:
         first = run.results[f"{_base(seeds[0])}/measurements-r0"].folder / "shown.npz"
         with np.load(first) as shown_file:
             shown = {name: shown_file[name] for name in shown_file.files}
-        return report(measured, gates, shown, folder, resamples=run.profile.resamples)
+        return report(
+            measured, gates, shown, folder, resamples=profile.resamples, replication=replication
+        )
 
     key = {
         "measurements": [run.results[f"{_base(s)}/measurements-r{r}"].key for s, r in cells],
         "gates": [run.results[f"{_base(s)}/gate"].key for s in seeds],
-        "resamples": run.profile.resamples,
+        "replication_seeds": list(profile.replication_seeds),
+        "resamples": profile.resamples,
     }
     return run.stage("report", key, make)
 
@@ -605,12 +622,13 @@ def run(
     for kind in ("world", "instrument", "autoencoder"):
         if wanted(kind):
             STAGES[kind](state)
-    for seed in profile.base_seeds:
+    seeds = profile.base_seeds + profile.replication_seeds
+    for seed in seeds:
         for kind in ("base", "gate"):
             if wanted(kind):
                 STAGES[kind](state, seed)
     for replicate in range(profile.replicates):
-        for seed in profile.base_seeds:
+        for seed in seeds:
             for kind in ("concepts", "measurements"):
                 if wanted(kind):
                     STAGES[kind](state, seed, replicate)
@@ -648,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base-seeds", type=_seeds, default=None, help="base models' seeds, e.g. 0,1 (default)"
     )
+    parser.add_argument(
+        "--replication-seeds",
+        type=_seeds,
+        default=None,
+        help="base models held out of the intervals and checked against them, e.g. 2",
+    )
     parser.add_argument("--base-minutes", type=float, default=None, help="pretraining budget")
     parser.add_argument("--base-steps", type=int, default=None, help="pretraining steps")
     args = parser.parse_args(argv)
@@ -667,9 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, replicates=args.replicates)
     if args.base_seeds is not None:
         profile = replace(profile, base_seeds=args.base_seeds)
+    if args.replication_seeds is not None:
+        profile = replace(profile, replication_seeds=args.replication_seeds)
+    if set(profile.base_seeds) & set(profile.replication_seeds):
+        parser.error("a replication seed cannot also be a base seed")
     reporter = Reporter()
     reporter.console.print(
         f"toy world, profile {args.profile}, base seeds {list(profile.base_seeds)}, "
+        f"replication seeds {list(profile.replication_seeds)}, "
         f"{profile.replicates} replicates, cache {args.cache}"
     )
     run(args.cache, profile, args.until, reporter, args.rebuild, args.keep_built)

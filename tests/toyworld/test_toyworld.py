@@ -242,6 +242,26 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
     assert [name for name, result in again.results.items() if result.built] == []
     assert _stamps(again)["base-0/base"] == _stamps(built)["base-0/base"]
     assert again.results["report"].summary["cells"] == [[0, 0], [1, 0]]
+    # Base seed 1 held out (--replication-seeds): nothing is built but the report; the pooled
+    # interval rests on base seed 0 alone, and each claim's estimate on base seed 1 is the one
+    # it had as a pooled seed, checked against that interval.
+    pooled_before = again.results["report"].summary["claims"]
+    before = len(again.cache.log())
+    held = ["--base-seeds", "0", "--replication-seeds", "1", "--replicates", "1"]
+    assert main([*arguments[:4], *held]) == 0
+    log = again.cache.log()[before:]
+    assert [e["stage"] for e in log if e["action"] == "built"] == ["report"]
+    checked = json.loads((root / "report" / "claims.json").read_text())
+    assert checked.keys() == pooled_before.keys()
+    for name, found in checked.items():
+        was = pooled_before[name]["per_seed"]
+        assert found["pooled"]["mean"] == pytest.approx(was["0"]["mean"])
+        replicated = found["replication"]["1"]
+        assert replicated["mean"] == pytest.approx(was["1"]["mean"])
+        low, high = found["pooled"]["low"], found["pooled"]["high"]
+        assert replicated["inside"] == (low <= replicated["mean"] <= high)
+    with pytest.raises(SystemExit):  # a seed cannot be both
+        main([*arguments, "--replication-seeds", "1"])
     two = load_base(again, 1)
     one = load_base(again, 0)
     weights = [next(iter(p.unet.parameters())).detach().numpy() for p in (one, two)]
