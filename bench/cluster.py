@@ -203,6 +203,7 @@ def download_tables(cluster: Cluster, seconds: float, work: Path) -> None:
     rows = []
     for connections in CONNECTIONS:
         progress(f"resolve at {connections} connections")
+        wrk(cluster.url + resolve, connections, 1)  # warm nginx's cache, as for downloads
         runs = (
             (
                 "cluster, anonymous (nginx's 1 s cache)",
