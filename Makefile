@@ -40,7 +40,8 @@ demo: install
 
 # The toy world (bench/toyworld): world, instrument, base models, concepts, measurements with
 # replicates and intervals; every stage cached under .toyworld/, so a second run builds only
-# what is new. TOYWORLD_ARGS="--profile large" (hours), "--replicates 5 --base-seeds 0,1,2".
+# what is new. Default: the quick profile, about 50 minutes on 2 cores. The README's tables:
+# TOYWORLD_ARGS="--replicates 5 --replication-seeds 2"; longer: "--profile full" or "large".
 toyworld: install
 	$(PY) -m bench.toyworld.run $(TOYWORLD_ARGS)
 

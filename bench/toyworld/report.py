@@ -433,24 +433,31 @@ def _figure(
     betas: list[float],
     path: Path,
 ) -> None:
-    """One PNG: the claims' differences with their intervals (per base seed and pooled), the β
+    """One PNG: the claims' differences with their intervals (per base seed, pooled, and per
+    held-out base seed), the β
     sweep with error bars on both axes, and example images of the first cell."""
     fig, (forest, curve, grid) = plt.subplots(
         1, 3, figsize=(21, 8), gridspec_kw={"width_ratios": [1.1, 1, 1]}
     )
-    seeds = pool.seeds
+    seeds = [str(seed) for seed in pool.seeds]
+    held_out = sorted(claims[0][1].get("replication", {}), key=int) if claims else []
     labels = [f"{claim.measure}\n{claim.name.split(':')[0]}" for claim, _ in claims]
-    offsets = np.linspace(-0.25, 0.25, len(seeds) + 1)
-    for k, key in enumerate([*map(str, seeds), "pooled"]):
+    keys = [*seeds, "pooled", *held_out]
+    offsets = np.linspace(-0.3, 0.3, len(keys))
+    for k, key in enumerate(keys):
         ys, xs, errors = [], [], [[], []]
         for row, (_, found) in enumerate(claims):
-            entry = found["pooled"] if key == "pooled" else found["per_seed"][key]
+            if key == "pooled":
+                entry = found["pooled"]
+            else:
+                entry = found["per_seed"][key] if key in seeds else found["replication"][key]
             ys.append(row + offsets[k])
             xs.append(entry["mean"])
             errors[0].append(entry["mean"] - entry["low"])
             errors[1].append(entry["high"] - entry["mean"])
-        style = "ks" if key == "pooled" else "o"
+        style = "ks" if key == "pooled" else ("o" if key in seeds else "D")
         name = "pooled" if key == "pooled" else f"base seed {key}"
+        name += " (held out)" if key in held_out else ""
         forest.errorbar(xs, ys, xerr=errors, fmt=style, capsize=3, markersize=4, label=name)
     forest.axvline(0, color="gray", lw=1)
     forest.set_yticks(range(len(labels)))

@@ -1,7 +1,7 @@
 """The toy world of issues 7 and 19, stage by stage, each stage's artefacts cached under one
 folder, with replicates and several base models.
 
-    python -m bench.toyworld.run [--cache .toyworld] [--profile full|large|quick|tiny]
+    python -m bench.toyworld.run [--cache .toyworld] [--profile quick|full|large|tiny]
                                  [--until STAGE]
                                  [--rebuild STAGE] [--keep-built] [--threads N]
                                  [--replicates N] [--base-seeds 0,1] [--replication-seeds 2]
@@ -174,13 +174,16 @@ _FULL = Profile(
 )
 
 PROFILES: dict[str, Profile] = {
-    # The benchmark (make toyworld): two base models of 1,500 pretraining steps, three
-    # replicates each, 250 steps of 4 images per concept, 8 images per prompt, cell and
-    # replicate, three β; estimated at about 40 minutes on an idle 2-core CPU (from the stages'
-    # measured costs), well within 90 on a shared one.
+    # Longer, optional: 1,500 pretraining steps (or 30 minutes, whichever comes first), 250
+    # concept steps of 4 images, three β. Not run yet; from the quick profile's stage costs
+    # about two hours on an idle 2-core CPU.
     "full": _FULL,
-    # What a heavily shared 2-core CPU finishes in about an hour: 600 pretraining steps, 150
-    # concept steps of 4 images, the inference β only (no β sweep).
+    # The default (make toyworld): two base models of 600 pretraining steps, three replicates
+    # each, 150 concept steps of 4 images, 8 images per prompt, cell and replicate, the
+    # inference β only (no β sweep). Measured in one process on an idle 2-core CPU: about 15
+    # minutes per base model and 2.5 per replicate and base model, a few minutes of shared
+    # stages — about 50 minutes; --replicates 5 --replication-seeds 2 (the README's tables)
+    # about 85.
     "quick": replace(
         _FULL,
         base=BaseSettings(minutes=30.0, max_steps=600),
@@ -649,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=REPO / ".toyworld", help="cache folder")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--until", choices=list(STAGES), default=list(STAGES)[-1])
     parser.add_argument(
         "--rebuild", choices=list(STAGES), help="rebuild this stage and those after it"
