@@ -5,8 +5,7 @@ folder, with replicates and several base models.
                                  [--until STAGE]
                                  [--rebuild STAGE] [--keep-built] [--threads N]
                                  [--replicates N] [--base-seeds 0,1] [--replication-seeds 2]
-                                 [--base-minutes M]
-                                 [--base-steps N]
+                                 [--betas 0.4,0.7,1] [--base-minutes M] [--base-steps N]
 
 Stages, in order (each reads the ones before it; see toyworld/cache.py for the folder layout):
 
@@ -648,6 +647,17 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _betas(text: str) -> tuple[float, ...]:
+    """``0.4,0.7,1`` → (0.4, 0.7, 1.0)."""
+    try:
+        betas = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"β values must be numbers: {text!r}") from None
+    if not betas or len(set(betas)) != len(betas) or not all(0 < b <= 1 for b in betas):
+        raise argparse.ArgumentTypeError(f"β values must be distinct, in (0, 1]: {text!r}")
+    return betas
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -675,6 +685,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="base models held out of the intervals and checked against them, e.g. 2",
     )
+    parser.add_argument(
+        "--betas",
+        type=_betas,
+        default=None,
+        help="the β sweep at inference, holding the concepts' β (0.7), e.g. 0.4,0.7,1",
+    )
     parser.add_argument("--base-minutes", type=float, default=None, help="pretraining budget")
     parser.add_argument("--base-steps", type=int, default=None, help="pretraining steps")
     args = parser.parse_args(argv)
@@ -694,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, replicates=args.replicates)
     if args.base_seeds is not None:
         profile = replace(profile, base_seeds=args.base_seeds)
+    if args.betas is not None:
+        profile = replace(profile, measure=replace(profile.measure, betas=args.betas))
     if args.replication_seeds is not None:
         profile = replace(profile, replication_seeds=args.replication_seeds)
     if set(profile.base_seeds) & set(profile.replication_seeds):
