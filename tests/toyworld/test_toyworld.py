@@ -262,6 +262,9 @@ def test_a_second_run_reuses_the_cache(built: Run, tmp_path: Path) -> None:
         assert replicated["inside"] == (low <= replicated["mean"] <= high)
     with pytest.raises(SystemExit):  # a seed cannot be both
         main([*arguments, "--replication-seeds", "1"])
+    for betas in ("0.7,0.7", "0,0.7", "1.5", "x"):  # refused before anything is built
+        with pytest.raises(SystemExit):
+            main([*arguments, "--betas", betas])
     two = load_base(again, 1)
     one = load_base(again, 0)
     weights = [next(iter(p.unet.parameters())).detach().numpy() for p in (one, two)]
