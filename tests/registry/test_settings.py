@@ -57,6 +57,7 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         "PFX_SIGNED_URL_SECONDS": ("30", 30),
         "PFX_ACCEL_REDIRECT": ("/_pfx/store/", "/_pfx/store/"),
         "PFX_EDGE_CACHE_SECONDS": ("120", 120),
+        "PFX_EDGE_RESOLVE_SECONDS": ("5", 5),
     }
     assert set(given) == set(Settings.variables()), "a setting of the class is not tested here"
     for name, (text, _) in given.items():
@@ -81,6 +82,7 @@ def test_every_setting_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch
         ("PFX_SESSION_SECONDS", "59"),
         ("PFX_SIGNED_URL_SECRET", "short"),
         ("PFX_ACCEL_REDIRECT", "no-slashes"),
+        ("PFX_EDGE_RESOLVE_SECONDS", "3601"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_the_variable(
