@@ -127,6 +127,11 @@ def _verdict(estimate: Estimate, expected: int) -> str:
     return "not resolved at this sample size"
 
 
+def _held_out_seeds(claims: list[tuple[Claim, dict[str, Any]]]) -> list[str]:
+    """The held-out base seeds the evaluated claims were checked on, in order (as strings)."""
+    return sorted(claims[0][1].get("replication", {}), key=int) if claims else []
+
+
 def _conclusion(found: dict[str, Any]) -> str:
     """What the README may say about a claim: a definite pooled verdict that every held-out
     base model lands inside (``holds``), one that some does not (``did not replicate``), a
@@ -380,7 +385,7 @@ def _tables(
     header += ["pooled", "verdict (pooled)", "holds for every base model", "detectable"]
     if len(seeds) > 1:
         header.append(f"seed {seeds[1]} inside seed {seeds[0]}'s interval")
-    held_out = sorted(claims[0][1].get("replication", {}), key=int) if claims else []
+    held_out = _held_out_seeds(claims)
     for s in held_out:
         header += [f"held-out base seed {s}", "inside the pooled interval"]
     header.append("conclusion")
@@ -434,13 +439,13 @@ def _figure(
     path: Path,
 ) -> None:
     """One PNG: the claims' differences with their intervals (per base seed, pooled, and per
-    held-out base seed), the β
-    sweep with error bars on both axes, and example images of the first cell."""
+    held-out base seed), the β sweep with error bars on both axes, and example images of the
+    first cell."""
     fig, (forest, curve, grid) = plt.subplots(
         1, 3, figsize=(21, 8), gridspec_kw={"width_ratios": [1.1, 1, 1]}
     )
     seeds = [str(seed) for seed in pool.seeds]
-    held_out = sorted(claims[0][1].get("replication", {}), key=int) if claims else []
+    held_out = _held_out_seeds(claims)
     labels = [f"{claim.measure}\n{claim.name.split(':')[0]}" for claim, _ in claims]
     keys = [*seeds, "pooled", *held_out]
     offsets = np.linspace(-0.3, 0.3, len(keys))

@@ -553,17 +553,15 @@ def report_stage(run: Run) -> StageResult:
     seeds = profile.base_seeds + profile.replication_seeds
     cells = [(s, r) for s in seeds for r in range(profile.replicates)]
 
+    def summaries(of: tuple[int, ...]) -> dict[tuple[int, int], dict[str, Any]]:
+        return {
+            (s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary
+            for s, r in cells
+            if s in of
+        }
+
     def make(folder: Path) -> dict[str, Any]:
-        measured = {
-            (s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary
-            for s, r in cells
-            if s in profile.base_seeds
-        }
-        replication = {
-            (s, r): run.results[f"{_base(s)}/measurements-r{r}"].summary
-            for s, r in cells
-            if s in profile.replication_seeds
-        }
+        measured, replication = summaries(profile.base_seeds), summaries(profile.replication_seeds)
         gates = {
             s: {
                 **run.results[f"{_base(s)}/base"].summary,

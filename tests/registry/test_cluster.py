@@ -75,16 +75,25 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _push(url: str, token: str, *, private: bool, seed: int | None = None) -> tuple[str, bytes]:
-    """Push a new concept as the administrator (namespace ``admin``); its name and bytes."""
+def _push(
+    url: str,
+    token: str,
+    *,
+    private: bool,
+    seed: int | None = None,
+    name: str | None = None,
+    version: str = "1",
+) -> tuple[str, bytes]:
+    """Push a concept as the administrator (namespace ``admin``; a new repository unless
+    ``name`` is given) as ``version``; its name and bytes."""
     from concept_factory import build_concept
 
-    name = f"c-{uuid.uuid4().hex[:8]}"
+    name = name or f"c-{uuid.uuid4().hex[:8]}"
     data = pf.dumps(build_concept(seed=seed if seed is not None else uuid.uuid4().int % 10_000))
     digest = pf.content_digest(data)
     assert httpx.put(f"{url}/v1/blobs/{digest}", content=data, headers=_auth(token)).is_success
     answer = httpx.put(
-        f"{url}/v1/concepts/admin/{name}/versions/1",
+        f"{url}/v1/concepts/admin/{name}/versions/{version}",
         json={"digest": digest, "private": private},
         headers=_auth(token),
     )
@@ -176,14 +185,8 @@ def test_anonymous_public_resolves_are_answered_by_nginx_and_nothing_else_is(
     tag = f"{cluster.url}/v1/concepts/admin/{public}/versions/latest"
     assert _eventually(lambda: httpx.get(tag).headers["x-cache-status"] == "HIT")
     assert httpx.get(tag).json()["version"] == "1"
-    from concept_factory import build_concept
-
-    data = pf.dumps(build_concept(seed=uuid.uuid4().int % 10_000))
-    digest = pf.content_digest(data)
-    assert httpx.put(f"{cluster.url}/v1/blobs/{digest}", content=data, headers=auth).is_success
-    second = f"{cluster.url}/v1/concepts/admin/{public}/versions/2"
-    pushed = httpx.put(second, json={"digest": digest, "private": False}, headers=auth)
-    assert pushed.status_code == 201, pushed.text  # moves "latest" to 2
+    _name, data = _push(cluster.url, cluster.admin_token, private=False, name=public, version="2")
+    digest = pf.content_digest(data)  # the push moved "latest" to 2
     assert _eventually(lambda: httpx.get(tag).json()["version"] == "2")
     assert httpx.get(tag).json()["digest"] == digest
 
